@@ -74,4 +74,5 @@ def resolve(model: str | os.PathLike[str] | None = None) -> Checkpoint:
         return Checkpoint(CheckpointKind.HF, path)
     if has_config:
         raise ModelLoadError(path, "has config.json but no .safetensors weights")
-    raise ModelLoadError(path, "not a checkpoint: expected config.json + .safetensors or a tpuserve Orbax dir")
+    expected = "config.json + .safetensors, or a tpuserve Orbax directory"
+    raise ModelLoadError(path, f"not a checkpoint: expected {expected}")
