@@ -1,0 +1,125 @@
+"""tpuserve's own checkpoint format: the model's nnx state as an Orbax checkpoint, beside HF-style files.
+
+GGUF needs dequantising and safetensors a full host copy; Orbax restores every array straight onto the
+devices with the sharding the caller asks for, so a converted model starts several times faster. The
+directory also carries `config.json`, `generation_config.json` and the tokenizer (with its chat
+template), so it is self-contained and `AutoTokenizer` can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from transformers import PreTrainedTokenizerBase
+
+from tpuserve.model.errors import ModelLoadError
+from tpuserve.model.resolve import ORBAX_MARKER
+
+FORMAT = "tpuserve-orbax"
+FORMAT_VERSION = 1
+PARAMS_DIR = "params"
+
+
+@dataclass(frozen=True)
+class OrbaxCheckpoint:
+    """The small files of a converted directory: enough to build the model before restoring its arrays."""
+
+    path: Path
+    hf_config: dict[str, Any]
+    generation_config: dict[str, Any]
+    dtype: str
+    source: str
+
+
+def save_orbax(
+    dest: str | os.PathLike[str],
+    *,
+    model: nnx.Module,
+    hf_config: dict[str, Any],
+    generation_config: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: str,
+    source: str,
+) -> Path:
+    """Write DEST atomically: everything goes to a sibling temp dir renamed at the end, so a killed
+    conversion never leaves a directory that looks complete."""
+    dest = Path(dest)
+    if dest.exists():
+        raise ModelLoadError(dest, "already exists; remove it or choose another destination")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model)))
+        _write_json(tmp / "config.json", hf_config)
+        _write_json(tmp / "generation_config.json", generation_config)
+        tokenizer.save_pretrained(tmp)
+        marker = {"format": FORMAT, "version": FORMAT_VERSION, "dtype": dtype, "source": source}
+        _write_json(tmp / ORBAX_MARKER, marker)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_orbax(path: str | os.PathLike[str]) -> OrbaxCheckpoint:
+    """Read the JSON side of a converted directory and check that we can restore its format version."""
+    path = Path(path)
+    marker = _read_json(path / ORBAX_MARKER)
+    if marker.get("format") != FORMAT or marker.get("version") != FORMAT_VERSION:
+        found = f"{marker.get('format')} v{marker.get('version')}"
+        raise ModelLoadError(
+            path, f"unsupported checkpoint format {found}; expected {FORMAT} v{FORMAT_VERSION}"
+        )
+    return OrbaxCheckpoint(
+        path=path,
+        hf_config=_read_json(path / "config.json"),
+        generation_config=_read_json(path / "generation_config.json"),
+        dtype=str(marker["dtype"]),
+        source=str(marker.get("source", "")),
+    )
+
+
+def restore_into(
+    path: str | os.PathLike[str], abstract_model: nnx.Module, sharding: jax.sharding.Sharding | None = None
+) -> nnx.Module:
+    """Fill ABSTRACT_MODEL (built under `nnx.eval_shape`) with the saved arrays, placed with SHARDING.
+
+    The abstract model fixes shapes and dtypes (Orbax casts if the saved dtype differs); SHARDING
+    defaults to the first device. Per-parameter shardings for tensor parallelism come later.
+    """
+    path = Path(path)
+    placement = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    graphdef, state = nnx.split(abstract_model)
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), nnx.to_pure_dict(state)
+    )
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path / PARAMS_DIR, target)
+    except (ValueError, FileNotFoundError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(path, f"params do not match config.json: {first_line}") from error
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(path, f"cannot read: {error}") from error
