@@ -1,0 +1,10 @@
+"""tpuserve.kernels: attention kernels behind one ragged paged-attention contract (imports only jax/numpy)."""
+
+from tpuserve.kernels.ragged_paged_attention import (
+    KernelInputError,
+    kv_cache_shape,
+    ragged_paged_attention,
+    resolve_backend,
+)
+
+__all__ = ["KernelInputError", "kv_cache_shape", "ragged_paged_attention", "resolve_backend"]

@@ -1,0 +1,108 @@
+"""Shared random ragged batches for every attention backend's parity tests.
+
+A `CaseSpec` names a batch shape (per-sequence cached-prefix and new-token counts plus padding); `make_case`
+turns it into fresh random numpy inputs, seeded per case. The cache starts random (never zeros), page 0 and
+spare pages included, so tests catch writes to the wrong slot and reads of stale slots.
+"""
+
+import dataclasses
+import zlib
+
+import ml_dtypes
+import numpy as np
+
+from tpuserve.kernels import kv_cache_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseSpec:
+    """One batch: sequence s has `cached[s]` positions already in the cache and `new[s]` tokens this step."""
+
+    name: str
+    cached: tuple[int, ...]
+    new: tuple[int, ...]
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    page_size: int = 16
+    dtype: str = "float32"
+    sliding_window: int | None = None
+    soft_cap: float | None = None
+    pad_tokens: int = 0
+    pad_seqs: int = 0
+    spare_pages: int = 3
+    layout_backend: str = "reference"
+
+
+@dataclasses.dataclass
+class RaggedCase:
+    """Numpy inputs in contract order; `args()` and `kwargs()` feed `ragged_paged_attention` directly."""
+
+    spec: CaseSpec
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    kv_cache: np.ndarray
+    kv_lens: np.ndarray
+    page_indices: np.ndarray
+    cu_q_lens: np.ndarray
+    num_seqs: np.ndarray
+
+    def args(self) -> tuple[np.ndarray, ...]:
+        return (self.q, self.k, self.v, self.kv_cache, self.kv_lens, self.page_indices, self.cu_q_lens,
+                self.num_seqs)
+
+    def kwargs(self) -> dict:
+        return {"sm_scale": self.spec.head_dim ** -0.5, "sliding_window": self.spec.sliding_window,
+                "soft_cap": self.spec.soft_cap}
+
+
+STANDARD = (
+    CaseSpec("decode_only", cached=(37, 5, 70, 16), new=(1, 1, 1, 1)),
+    CaseSpec("prefill_only", cached=(0, 0), new=(23, 40)),
+    CaseSpec("mixed", cached=(50, 0, 9, 31), new=(1, 19, 1, 6)),
+    CaseSpec("chunked_prefill", cached=(32, 48), new=(32, 17)),
+    CaseSpec("many_pages_mid_page", cached=(141, 200), new=(1, 13), page_size=16),
+    CaseSpec("padded", cached=(20, 0, 0, 7), new=(1, 12, 0, 3), pad_tokens=5, pad_seqs=3),
+)
+
+
+def seed_for(spec: CaseSpec) -> int:
+    """Stable seed from the whole spec, so every variant draws its own numbers, independent of test order."""
+    return zlib.crc32(repr(spec).encode())
+
+
+def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
+    """Random ragged batch for `spec`; real pages are a random permutation of 1..N (0 is the null page)."""
+    rng = np.random.default_rng(seed_for(spec) if seed is None else seed)
+    dtype = np.dtype(ml_dtypes.bfloat16) if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
+    kv_lens = [c + n for c, n in zip(spec.cached, spec.new, strict=True)]
+    pages_needed = [-(-length // spec.page_size) for length in kv_lens]
+    pages_per_seq = max(pages_needed) + 1
+    num_pages = 1 + sum(pages_needed) + spec.spare_pages
+    pool = iter(rng.permutation(np.arange(1, num_pages)))
+    num_real, num_padded = len(kv_lens), len(kv_lens) + spec.pad_seqs
+
+    page_indices = np.zeros((num_padded, pages_per_seq), np.int32)
+    for s, count in enumerate(pages_needed):
+        page_indices[s, :count] = [next(pool) for _ in range(count)]
+    cu_q_lens = np.zeros(num_padded + 1, np.int32)
+    cu_q_lens[1 : num_real + 1] = np.cumsum(spec.new)
+    cu_q_lens[num_real + 1 :] = cu_q_lens[num_real]
+    num_tokens = int(cu_q_lens[-1]) + spec.pad_tokens
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(dtype)
+
+    return RaggedCase(
+        spec=spec,
+        q=normal(num_tokens, spec.num_heads, spec.head_dim),
+        k=normal(num_tokens, spec.num_kv_heads, spec.head_dim),
+        v=normal(num_tokens, spec.num_kv_heads, spec.head_dim),
+        kv_cache=normal(*kv_cache_shape(num_pages, spec.page_size, spec.num_kv_heads, spec.head_dim,
+                                        backend=spec.layout_backend)),
+        kv_lens=np.array(kv_lens + [0] * spec.pad_seqs, np.int32),
+        page_indices=page_indices,
+        cu_q_lens=cu_q_lens,
+        num_seqs=np.array([num_real], np.int32),
+    )
