@@ -1,0 +1,75 @@
+"""The jitted per-step sampler: `[num_seqs_bucket, vocab]` logits in, one token per row out.
+
+Compiled variants: exactly one per batch bucket `B` (the vocabulary, the slot count of `SamplerState`
+and `MAX_TOP_LOGPROBS` are fixed for an engine's lifetime). Every request parameter travels as an
+array, so no combination of values recompiles; costly stages (the sort for top-k/top-p, the noise for
+random rows, the logprob top-k) sit behind `lax.cond`s on the batch and are skipped when no row needs them.
+
+Randomness is per row: the key is `fold_in(fold_in(seed_key, stream), output_len)`, a function of the
+request's seed and its own step index only, and the draw is a Gumbel-max over that row's noise. A seeded
+request therefore produces the same tokens alone, in any batch, at any row, and after a recompute.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tpuserve.serving.logits_processors import apply_bias_and_penalties, filter_min_p, filter_top_k_top_p
+from tpuserve.serving.logprobs import TokenLogprobs, empty_logprobs, token_logprobs
+from tpuserve.serving.sampler_state import SamplerState, record_tokens
+from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE
+
+
+class SamplerOutput(NamedTuple):
+    token_ids: jax.Array  # int32 [B]
+    logprobs: TokenLogprobs  # zeros unless some row has num_logprobs >= 0; cut per row on the host
+
+
+@functools.partial(jax.jit, donate_argnums=1)
+def sample(
+    logits: jax.Array, state: SamplerState, meta: SamplingMetadata
+) -> tuple[SamplerOutput, SamplerState]:
+    """Pick one token per row and count it in the row's slot; `state` is donated."""
+    raw = logits.astype(jnp.float32)
+    processed = apply_bias_and_penalties(raw, state, meta)
+    greedy_tokens = jnp.argmax(processed, axis=-1).astype(jnp.int32)
+    greedy = meta.temperature < GREEDY_TEMPERATURE
+    random_tokens = jax.lax.cond(
+        jnp.all(greedy), lambda: greedy_tokens, lambda: _sample_random(processed, greedy, meta)
+    )
+    tokens = jnp.where(greedy, greedy_tokens, random_tokens)
+    logprobs = jax.lax.cond(
+        jnp.any(meta.num_logprobs >= 0),
+        lambda: token_logprobs(raw, tokens),
+        lambda: empty_logprobs(*raw.shape),
+    )
+    state = record_tokens(state, meta.slot_ids, tokens, meta.record)
+    return SamplerOutput(tokens, logprobs), state
+
+
+def _sample_random(logits: jax.Array, greedy: jax.Array, meta: SamplingMetadata) -> jax.Array:
+    """Temperature, min-p, top-k/top-p, then a Gumbel-max draw (an exact categorical sample)."""
+    scaled = logits / jnp.where(greedy, 1.0, meta.temperature)[:, None]
+    scaled = filter_min_p(scaled, meta.min_p)
+    scaled = jax.lax.cond(
+        jnp.any((meta.top_k > 0) | (meta.top_p < 1.0)),
+        filter_top_k_top_p,
+        lambda x, _k, _p: x,
+        scaled,
+        meta.top_k,
+        meta.top_p,
+    )
+    noise = jax.vmap(lambda key: jax.random.gumbel(key, scaled.shape[-1:], jnp.float32))(_row_keys(meta))
+    return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+
+
+def _row_keys(meta: SamplingMetadata) -> jax.Array:
+    """Threefry explicitly, so seeded streams are the same whatever PRNG the platform defaults to."""
+    seed_keys = jax.random.wrap_key_data(meta.key_words, impl="threefry2x32")
+    stream_keys = jax.vmap(jax.random.fold_in)(seed_keys, meta.key_stream)
+    return jax.vmap(jax.random.fold_in)(stream_keys, meta.output_len)
