@@ -1,0 +1,78 @@
+"""Flash-attention math shared by the GPU decode and prefill kernels.
+
+Both kernels walk a sequence's page table one page at a time and fold each page into a running
+(accumulator, row max, row sum) triple. Keeping that step in one place means the two kernels differ
+only in which rows they own and which keys they may see.
+
+Everything here runs inside a Pallas kernel body, so it sticks to what the Triton lowering accepts:
+2-D power-of-two tiles, `dot_general` with float32 accumulation, element-wise math and row reductions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Carry = tuple[jax.Array, jax.Array, jax.Array]
+
+# Finite start value for the running max: a row whose keys are all masked then yields
+# exp(-inf - m) = 0 everywhere instead of the NaN that exp(-inf - -inf) would give.
+_M_INIT = float(jnp.finfo(jnp.float32).min)
+
+
+def initial_carry(rows: int, head_dim: int) -> Carry:
+    """Empty online-softmax state for `rows` query rows."""
+    return (
+        jnp.zeros((rows, head_dim), jnp.float32),
+        jnp.full((rows,), _M_INIT, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
+
+
+def load_page(kv_ref, page: jax.Array, kv_head: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """K and V ([page_size, D] each) of one KV head in one page; the cache interleaves k0, v0, k1, ..."""
+    return kv_ref[page, :, 2 * kv_head, :], kv_ref[page, :, 2 * kv_head + 1, :]
+
+
+def _dot(a: jax.Array, b: jax.Array, contract_b: int) -> jax.Array:
+    """a @ b (contract_b=0) or a @ b.T (contract_b=1) with float32 accumulation.
+
+    float32 operands ask for full precision: Triton would otherwise round them to TF32.
+    """
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(
+        a, b, (((1,), (contract_b,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+    )
+
+
+def attend_page(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    carry: Carry,
+    *,
+    sm_scale: float,
+    soft_cap: float | None,
+) -> Carry:
+    """Fold one page of keys into the online-softmax state of the query rows `q` ([rows, D]).
+
+    `mask` ([rows, page_size]) says which (query, key) pairs may attend.
+    """
+    acc, m_prev, l_prev = carry
+    scores = _dot(q, k, contract_b=1) * sm_scale
+    if soft_cap is not None:
+        scores = soft_cap * jnp.tanh(scores / soft_cap)
+    scores = jnp.where(mask, scores, -jnp.inf)
+    m_next = jnp.maximum(m_prev, scores.max(axis=1))
+    rescale = jnp.exp(m_prev - m_next)
+    probs = jnp.exp(scores - m_next[:, None])
+    l_next = rescale * l_prev + probs.sum(axis=1)
+    acc = acc * rescale[:, None] + _dot(probs.astype(v.dtype), v, contract_b=0)
+    return acc, m_next, l_next
+
+
+def normalize(acc: jax.Array, row_sum: jax.Array) -> jax.Array:
+    """acc / row_sum, with rows that saw no key (row_sum == 0) left at zero."""
+    return acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
