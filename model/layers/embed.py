@@ -1,0 +1,30 @@
+"""Token embedding table, optionally scaled (Gemma) and reused as the LM head when embeddings are tied."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Embed(nnx.Module):
+    """Looks up `[vocab, hidden]` rows; Gemma scales by sqrt(hidden) rounded to the table dtype, like HF."""
+
+    def __init__(self, vocab: int, hidden: int, *, scaled: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.scale = math.sqrt(hidden) if scaled else None
+        init = nnx.initializers.normal(stddev=0.02)
+        self.embedding = nnx.Param(init(rngs.params(), (vocab, hidden), dtype))
+
+    def __call__(self, token_ids: jax.Array) -> jax.Array:
+        table = self.embedding[...]
+        rows = jnp.take(table, token_ids, axis=0)
+        if self.scale is not None:
+            rows = rows * jnp.asarray(self.scale, table.dtype)
+        return rows.astype(jnp.float32)
+
+    def attend(self, hidden: jax.Array) -> jax.Array:
+        """Tied LM head: `hidden @ table.T` with float32 accumulation."""
+        table = self.embedding[...]
+        return jnp.dot(hidden.astype(table.dtype), table.T, preferred_element_type=jnp.float32)
