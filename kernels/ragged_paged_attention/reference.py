@@ -1,0 +1,183 @@
+"""Pure-JAX ragged paged attention: the CPU production path and the executable reference for Pallas backends.
+
+Shape of the computation (all batch composition stays in device arrays, so one compile serves every batch):
+  1. One scatter writes the step's K/V into the paged cache; padding rows aim past the cache and are dropped.
+  2. Query rows are cut into *work items*: up to `block_q` consecutive rows of ONE sequence, so an item's
+     rows share the same pages and each KV block is gathered once per item, not once per token. Decode rows
+     (q_len == 1) and prefill rows use different `block_q`, so decode wastes no compute on padded rows.
+  3. Items run in groups; per group an online-softmax (flash-style) loop walks KV blocks of `kv_block`
+     tokens. Both loops have dynamic trip counts (real items, the group's longest causal/window range), so
+     work scales with the batch's real context, never with `pages_per_seq` or the padded batch.
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, interleave_kv, token_positions
+
+# Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
+MASK_VALUE = -1e30
+KV_BLOCK_TOKENS = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pass:
+    """Static tiling of one pass: which sequences it serves and how many rows/items it processes at once."""
+
+    decode: bool  # True: sequences with exactly one new token; False: all longer ones
+    block_q: int  # query rows per work item
+    group: int  # work items per outer-loop iteration
+
+
+DECODE_PASS = _Pass(decode=True, block_q=1, group=64)
+PREFILL_PASS = _Pass(decode=False, block_q=32, group=4)
+
+
+class _Items(NamedTuple):
+    """Work items, one entry per item; empty slots (past `count`) have `rows == 0`."""
+
+    seq: jax.Array  # sequence id
+    row: jax.Array  # first flattened query row
+    rows: jax.Array  # real rows in the item, <= block_q
+    first_pos: jax.Array  # absolute position of the first row
+    count: jax.Array  # scalar: number of real items
+
+
+def write_kv(
+    kv_cache: jax.Array, k: jax.Array, v: jax.Array, kv_lens: jax.Array, page_indices: jax.Array,
+    cu_q_lens: jax.Array, num_seqs: jax.Array,
+) -> jax.Array:
+    """Scatter the step's K/V into their page slots with one `mode="drop"` scatter (padding is dropped)."""
+    num_pages, page_size, _, padded_dim = kv_cache.shape
+    seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
+    slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
+    flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:])
+    flat = flat.at[slots].set(interleave_kv(k, v, padded_dim).astype(kv_cache.dtype), mode="drop")
+    return flat.reshape(kv_cache.shape)
+
+
+def _make_items(
+    cu_q_lens: jax.Array, kv_lens: jax.Array, num_seqs: jax.Array, spec: _Pass, capacity: int
+) -> _Items:
+    """Cut every selected sequence's rows into `ceil(q_len / block_q)` items, packed at the front."""
+    num_seqs_padded = kv_lens.shape[0]
+    q_lens = cu_q_lens[1:] - cu_q_lens[:-1]
+    real = (jnp.arange(num_seqs_padded) < num_seqs[0]) & (kv_lens > 0)
+    selected = real & ((q_lens == 1) if spec.decode else (q_lens > 1))
+    per_seq = jnp.where(selected, -(-q_lens // spec.block_q), 0)
+    ends = jnp.cumsum(per_seq)
+    index = jnp.arange(capacity)
+    seq = jnp.clip(jnp.searchsorted(ends, index, side="right"), 0, num_seqs_padded - 1)
+    row = cu_q_lens[seq] + (index - ends[seq] + per_seq[seq]) * spec.block_q
+    rows = jnp.where(index < ends[-1], jnp.clip(cu_q_lens[seq + 1] - row, 0, spec.block_q), 0)
+    first_pos = kv_lens[seq] - (cu_q_lens[seq + 1] - row)
+    return _Items(seq, row, rows, first_pos, ends[-1])
+
+
+def _gather_kv_block(
+    kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, block: jax.Array, kv_block: int,
+    head_dim: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """K, V `[G, kv_block, Hkv, D]` (float32) of KV block `block[g]` of sequence `seq[g]`, and positions."""
+    page_size = kv_cache.shape[1]
+    pages_per_block = kv_block // page_size
+    cols = block[:, None] * pages_per_block + jnp.arange(pages_per_block)
+    cols = jnp.clip(cols, 0, page_indices.shape[1] - 1)
+    kv = kv_cache[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_padded]
+    kv = kv.reshape(seq.shape[0], kv_block, kv.shape[3] // 2, 2, kv.shape[4])[..., :head_dim]
+    positions = block[:, None] * kv_block + jnp.arange(kv_block)
+    return kv[:, :, :, 0].astype(jnp.float32), kv[:, :, :, 1].astype(jnp.float32), positions
+
+
+def _attend_group(
+    q: jax.Array, kv_cache: jax.Array, page_indices: jax.Array, items: _Items, spec: _Pass, kv_block: int, *,
+    sm_scale: float, sliding_window: int | None, soft_cap: float | None,
+) -> tuple[jax.Array, jax.Array]:
+    """Flash-style attention of one group of items; returns (out `[G, block_q, Hq, D]`, destination rows)."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = kv_cache.shape[2] // 2
+    offsets = jnp.arange(spec.block_q)
+    q_rows = items.row[:, None] + offsets
+    q_blk = q[jnp.clip(q_rows, 0, num_tokens - 1)].astype(jnp.float32) * sm_scale
+    q_blk = q_blk.reshape(*q_rows.shape, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    q_pos = items.first_pos[:, None] + offsets
+
+    kv_start = jnp.maximum(items.first_pos - sliding_window + 1, 0) if sliding_window else 0 * items.first_pos
+    first_block = kv_start // kv_block
+    last_block = (items.first_pos + items.rows - 1) // kv_block
+    num_blocks = jnp.where(items.rows > 0, last_block - first_block + 1, 0)
+
+    def kv_step(i: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        m, denom, acc = carry
+        k_blk, v_blk, kv_pos = _gather_kv_block(kv_cache, page_indices, items.seq, first_block + i, kv_block,
+                                                head_dim)
+        s = jnp.einsum("gbhrd,gkhd->ghbrk", q_blk, k_blk)
+        if soft_cap:
+            s = soft_cap * jnp.tanh(s / soft_cap)
+        visible = kv_pos[:, None, :] <= q_pos[:, :, None]
+        if sliding_window:
+            visible &= q_pos[:, :, None] - kv_pos[:, None, :] < sliding_window
+        s = jnp.where(visible[:, None, :, None, :], s, MASK_VALUE)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        p = jnp.exp(s - m_new[..., None])
+        rescale = jnp.exp(m - m_new)
+        acc = acc * rescale[..., None] + jnp.einsum("ghbrk,gkhd->ghbrd", p, v_blk)
+        return m_new, denom * rescale + p.sum(axis=-1), acc
+
+    stats_shape = (q_rows.shape[0], num_kv_heads, spec.block_q, num_heads // num_kv_heads)
+    init = (jnp.full(stats_shape, -jnp.inf), jnp.zeros(stats_shape), jnp.zeros((*stats_shape, head_dim)))
+    _, denom, acc = lax.fori_loop(0, num_blocks.max(), kv_step, init)
+    out = (acc / denom[..., None]).transpose(0, 2, 1, 3, 4).reshape(*q_rows.shape, num_heads, head_dim)
+    return out, jnp.where(offsets < items.rows[:, None], q_rows, num_tokens)
+
+
+def _attend_pass(
+    out: jax.Array, q: jax.Array, kv_cache: jax.Array, kv_lens: jax.Array, page_indices: jax.Array,
+    cu_q_lens: jax.Array, num_seqs: jax.Array, spec: _Pass, **attn_kwargs: float | int | None,
+) -> jax.Array:
+    """Run every work item of one pass, `spec.group` items per iteration, writing rows into `out`."""
+    num_tokens = q.shape[0]
+    num_seqs_padded = kv_lens.shape[0]
+    page_size, pages_per_seq = kv_cache.shape[1], page_indices.shape[1]
+    kv_block = page_size * max(1, min(pages_per_seq, KV_BLOCK_TOKENS // page_size))
+    if spec.decode:
+        bound = min(num_tokens, num_seqs_padded)
+    else:
+        bound = min(num_seqs_padded, num_tokens // 2) + num_tokens // spec.block_q
+    if bound == 0:
+        return out
+    group = max(1, min(spec.group, bound))
+    items = _make_items(cu_q_lens, kv_lens, num_seqs, spec, -(-bound // group) * group)
+
+    def group_step(g: jax.Array, out: jax.Array) -> jax.Array:
+        sliced = (lax.dynamic_slice_in_dim(a, g * group, group) for a in items[:-1])
+        group_items = _Items(*sliced, items.count)
+        rows_out, dest = _attend_group(q, kv_cache, page_indices, group_items, spec, kv_block, **attn_kwargs)
+        return out.at[dest].set(rows_out.astype(out.dtype), mode="drop")
+
+    return lax.fori_loop(0, -(-items.count // group), group_step, out)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("sm_scale", "sliding_window", "soft_cap", "interpret"),
+    donate_argnames="kv_cache",
+)
+def ragged_paged_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array, kv_lens: jax.Array,
+    page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array, *, sm_scale: float, sliding_window: int | None = None,
+    soft_cap: float | None = None, interpret: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Reference backend of the contract in `api.ragged_paged_attention` (`interpret` has no meaning here)."""
+    del interpret
+    kv_cache = write_kv(kv_cache, k, v, kv_lens, page_indices, cu_q_lens, num_seqs)
+    out = jnp.zeros(q.shape, q.dtype)
+    attn_kwargs = {"sm_scale": sm_scale, "sliding_window": sliding_window, "soft_cap": soft_cap}
+    for spec in (DECODE_PASS, PREFILL_PASS):
+        out = _attend_pass(out, q, kv_cache, kv_lens, page_indices, cu_q_lens, num_seqs, spec, **attn_kwargs)
+    return out, kv_cache
