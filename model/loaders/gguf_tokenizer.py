@@ -1,0 +1,118 @@
+"""Build a Hugging Face fast tokenizer from a GGUF file's metadata, without torch.
+
+transformers can do this too, but its GGUF path imports torch, which tpuserve does not ship. A GGUF
+stores the vocabulary, merges, token types and special ids; we assemble the same `tokenizers.Tokenizer`
+llama.cpp would run and wrap it in `PreTrainedTokenizerFast` with the chat template attached.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gguf import GGUFReader, TokenType
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from tpuserve.model.errors import ModelLoadError
+from tpuserve.model.loaders.gguf import metadata, open_gguf
+
+_BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+def _split_then_bytes(pattern: str) -> pre_tokenizers.PreTokenizer:
+    """A model-specific split regex replaces GPT-2's; the byte mapping stays the same."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+# `tokenizer.ggml.pre` -> how text is cut before BPE, as in llama.cpp's `llama-vocab.cpp`.
+_PRE_TOKENIZERS: dict[str, pre_tokenizers.PreTokenizer] = {
+    "default": _BYTE_LEVEL,
+    "gpt-2": _BYTE_LEVEL,
+    # StarCoder-lineage vocabularies (SmolLM) split every digit on its own first.
+    "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
+    "starcoder": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
+    "llama-bpe": _split_then_bytes(_LLAMA3_SPLIT),
+    "qwen2": _split_then_bytes(_QWEN2_SPLIT),
+}
+
+
+def gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
+    """The tokenizer a GGUF file describes, with its special tokens registered and its chat template set."""
+    path = Path(path)
+    reader = open_gguf(path)
+    try:
+        return _build(reader)
+    except (KeyError, ValueError) as error:
+        raise ModelLoadError(path, str(error).strip("'\"")) from None
+
+
+def _build(reader: GGUFReader) -> PreTrainedTokenizerFast:
+    kind = metadata(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: 'gpt2' byte-level BPE)")
+    tokens: list[str] = metadata(reader, "tokenizer.ggml.tokens")
+    backend = Tokenizer(_byte_level_bpe(reader, tokens))
+    backend.pre_tokenizer = _pre_tokenizer(metadata(reader, "tokenizer.ggml.pre", "default"))
+    backend.decoder = decoders.ByteLevel()
+    _register_added_tokens(backend, tokens, metadata(reader, "tokenizer.ggml.token_type"))
+
+    def special(key: str) -> str | None:
+        token_id = metadata(reader, f"tokenizer.ggml.{key}_token_id", None)
+        return None if token_id is None else tokens[token_id]
+
+    bos = special("bos")
+    add_bos = bool(metadata(reader, "tokenizer.ggml.add_bos_token", False))
+    if add_bos and bos is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=special("eos"),
+        unk_token=special("unknown"),
+        pad_token=special("padding"),
+        add_bos_token=add_bos,
+        chat_template=metadata(reader, "tokenizer.chat_template", None),
+    )
+
+
+def _byte_level_bpe(reader: GGUFReader, tokens: list[str]) -> models.BPE:
+    """GGUF keeps GPT-2's byte-to-unicode spelling of tokens and merges as "left right" strings."""
+    merges = [tuple(merge.split(" ", 1)) for merge in metadata(reader, "tokenizer.ggml.merges")]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False)
+
+
+def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    if name not in _PRE_TOKENIZERS:
+        raise ValueError(f"unsupported GGUF pre-tokenizer {name!r} (supported: {', '.join(_PRE_TOKENIZERS)})")
+    return _PRE_TOKENIZERS[name]
+
+
+def _register_added_tokens(backend: Tokenizer, tokens: list[str], token_types: list[int]) -> None:
+    """Control tokens (e.g. <|im_start|>) and user-defined ones must match whole, never be cut by BPE."""
+    control = [
+        AddedToken(token, normalized=False, special=True)
+        for token, kind in zip(tokens, token_types, strict=True)
+        if kind == TokenType.CONTROL
+    ]
+    user_defined = [
+        AddedToken(token, normalized=False, special=False)
+        for token, kind in zip(tokens, token_types, strict=True)
+        if kind == TokenType.USER_DEFINED
+    ]
+    backend.add_special_tokens(control)
+    backend.add_tokens(user_defined)
