@@ -170,8 +170,8 @@ def _attend_pass(
 )
 def ragged_paged_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array, kv_lens: jax.Array,
-    page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array, *, sm_scale: float, sliding_window: int | None = None,
-    soft_cap: float | None = None, interpret: bool = False,
+    page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array, *, sm_scale: float,
+    sliding_window: int | None = None, soft_cap: float | None = None, interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Reference backend of the contract in `api.ragged_paged_attention` (`interpret` has no meaning here)."""
     del interpret
