@@ -1,0 +1,1 @@
+"""Checkpoint readers: each turns a file format into HF-named tensors for `weights.load_weights`."""
