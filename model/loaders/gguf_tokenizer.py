@@ -15,7 +15,8 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 
 from tpuserve.model.errors import ModelLoadError
-from tpuserve.model.loaders.gguf import metadata, open_gguf
+from tpuserve.model.loaders.gguf import GGUFCheckpoint
+from tpuserve.model.loaders.gguf_metadata import metadata, open_gguf
 
 _BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
@@ -48,10 +49,16 @@ _PRE_TOKENIZERS: dict[str, pre_tokenizers.PreTokenizer] = {
 }
 
 
-def gguf_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
-    """The tokenizer a GGUF file describes, with its special tokens registered and its chat template set."""
-    path = Path(path)
-    reader = open_gguf(path)
+def gguf_tokenizer(source: str | os.PathLike[str] | GGUFCheckpoint) -> PreTrainedTokenizerFast:
+    """The tokenizer a GGUF file describes, with its special tokens registered and its chat template set.
+
+    Pass the `GGUFCheckpoint` already opened for the weights to skip parsing the metadata a second time.
+    """
+    if isinstance(source, GGUFCheckpoint):
+        path, reader = source.path, source.reader
+    else:
+        path = Path(source)
+        reader = open_gguf(path)
     try:
         return _build(reader)
     except (KeyError, ValueError) as error:
