@@ -13,8 +13,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental.pallas import triton as pl_triton
 
 Carry = tuple[jax.Array, jax.Array, jax.Array]
+
+# Selects the Triton lowering explicitly: without compiler params jax may route GPU Pallas calls to
+# Mosaic GPU, which these kernels (gathered pages, dynamic loop bounds) are not written for.
+TRITON_PARAMS = pl_triton.CompilerParams(num_warps=4, num_stages=2)
 
 # Finite start value for the running max: a row whose keys are all masked then yields
 # exp(-inf - m) = 0 everywhere instead of the NaN that exp(-inf - -inf) would give.

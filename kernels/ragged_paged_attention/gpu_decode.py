@@ -18,6 +18,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from tpuserve.kernels.ragged_paged_attention.gpu_common import (
+    TRITON_PARAMS,
     attend_page,
     initial_carry,
     load_page,
@@ -125,6 +126,7 @@ def decode_attention(
             jax.ShapeDtypeStruct(partial_shape, jnp.float32),
         ],
         interpret=interpret,
+        compiler_params=TRITON_PARAMS,
         name="rpa_gpu_decode",
     )(q_rows, kv_cache, seq_lens, page_indices)
     out = _combine_splits(acc, row_max, row_sum)[:, :, :group]

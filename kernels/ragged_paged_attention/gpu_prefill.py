@@ -24,6 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from tpuserve.kernels.ragged_paged_attention.gpu_common import (
+    TRITON_PARAMS,
     attend_page,
     initial_carry,
     load_page,
@@ -149,6 +150,7 @@ def prefill_attention(
         out_specs=tile_spec,
         out_shape=jax.ShapeDtypeStruct(q_tiles.shape, q.dtype),
         interpret=interpret,
+        compiler_params=TRITON_PARAMS,
         name="rpa_gpu_prefill",
     )(plan.seq, plan.first_pos, plan.count, q_tiles, kv_cache, page_indices)
 

@@ -10,6 +10,7 @@ is decode-only, instead of a full cross product: interpret mode compiles every s
 """
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -112,6 +113,16 @@ def test_api_dispatches_to_gpu_backend():
     )
     np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(cache), want_cache)
+
+
+@pytest.mark.parametrize("variant", ["gqa3_page64_window_softcap", "bf16", "gqa8"])
+@pytest.mark.parametrize("decode_only", [False, True])
+def test_kernels_lower_to_triton(variant: str, decode_only: bool):
+    """Lowering for CUDA on any host runs the Pallas->Triton lowering, which enforces its tiling rules."""
+    case = make_case(_variant(DECODE, variant))
+    step = functools.partial(gpu.ragged_paged_attention, **case.kwargs(), decode_only=decode_only)
+    lowered = jax.jit(step).trace(*case.args()).lower(lowering_platforms=("cuda",))
+    assert "triton" in lowered.as_text()
 
 
 def test_untileable_head_dim_is_rejected():
