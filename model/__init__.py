@@ -1,0 +1,18 @@
+"""tpuserve.model: checkpoints in, a Flax NNX transformer out."""
+
+from tpuserve.model.config import ModelConfig
+from tpuserve.model.errors import ModelLoadError
+from tpuserve.model.loading import LoadedModel, load_model
+from tpuserve.model.resolve import Checkpoint, CheckpointKind, resolve_checkpoint
+from tpuserve.model.transformer import Transformer
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointKind",
+    "LoadedModel",
+    "ModelConfig",
+    "ModelLoadError",
+    "Transformer",
+    "load_model",
+    "resolve_checkpoint",
+]

@@ -55,7 +55,7 @@ def default_gguf_path() -> Path:
     return path
 
 
-def resolve(model: str | os.PathLike[str] | None = None) -> Checkpoint:
+def resolve_checkpoint(model: str | os.PathLike[str] | None = None) -> Checkpoint:
     """Classify MODEL: None is the default GGUF, else a `.gguf` file, an HF dir or a tpuserve Orbax dir."""
     if model is None or os.fspath(model) == "":
         return Checkpoint(CheckpointKind.GGUF, default_gguf_path(), is_default=True)
