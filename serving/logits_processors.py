@@ -1,8 +1,9 @@
 """Row-wise logits transforms, each driven by per-row arrays so any parameter mix shares one program.
 
 The order follows vLLM's v1 sampler: masks and bias, then penalties (both change the greedy choice),
-then temperature, min-p, top-k and top-p (which only shape the random draw). A row whose parameter is
-at its neutral value is left bit-for-bit unchanged, so a request's tokens never depend on its batch.
+then temperature, min-p, top-k and top-p (which only shape the random draw; top-p renormalises over
+what top-k kept). A row whose parameter is at its neutral value is left bit-for-bit unchanged, so a
+request's tokens never depend on its batch.
 """
 
 from __future__ import annotations
@@ -43,21 +44,41 @@ def filter_min_p(logits: jax.Array, min_p: jax.Array) -> jax.Array:
     return jnp.where((min_p[:, None] > 0) & (probs < threshold), -jnp.inf, logits)
 
 
-def filter_top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Keep the `top_k` largest logits, then the smallest head of those whose mass reaches `top_p`.
+def filter_top_k(logits: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Keep each row's `top_k` largest logits (all of them when tied at the k-th); 0 keeps everything.
 
-    One descending sort serves both: each filter becomes a per-row threshold logit, so ties at the
-    threshold are all kept. The sort is the sampler's most expensive op, so callers skip it when no
-    row needs it.
+    Top-k and top-p cut at per-row thresholds found by bisection rather than by sorting the vocabulary:
+    32 masked reductions, several times cheaper than a sort on CPU and TPU alike, and exact.
     """
-    vocab = logits.shape[-1]
-    ordered = -jnp.sort(-logits, axis=-1)
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
-    ordered = jnp.where(jnp.arange(vocab)[None, :] < k[:, None], ordered, -jnp.inf)
-    probs = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p[:, None]
-    smallest_kept = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    threshold = jnp.where(top_p[:, None] < 1.0, jnp.maximum(kth, smallest_kept), kth)
-    return jnp.where(logits < threshold, -jnp.inf, logits)
+    keys = _sortable_bits(logits)
+    kth = _largest_threshold(keys, jnp.ones_like(keys, jnp.int32), top_k)
+    return jnp.where((top_k[:, None] > 0) & (keys < kth[:, None]), -jnp.inf, logits)
+
+
+def filter_top_p(logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keep the smallest set of most likely tokens whose probability mass reaches `top_p`; 1 keeps all."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    keys = _sortable_bits(probs)
+    cut = _largest_threshold(keys, probs, top_p)
+    return jnp.where((top_p[:, None] < 1.0) & (keys < cut[:, None]), -jnp.inf, logits)
+
+
+def _sortable_bits(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order: flip all bits of negatives, only the sign bit otherwise."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _largest_threshold(keys: jax.Array, weights: jax.Array, target: jax.Array) -> jax.Array:
+    """Per row, the largest t with `sum(weights[keys >= t]) >= target`, built one bit at a time.
+
+    The weighted count only grows as t falls, so setting each bit from the top whenever the row still
+    reaches its target yields the exact maximum (it is always one of the row's own keys).
+    """
+
+    def try_bit(i: jax.Array, threshold: jax.Array) -> jax.Array:
+        candidate = threshold | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        reached = jnp.sum(jnp.where(keys >= candidate[:, None], weights, 0), axis=-1) >= target
+        return jnp.where(reached, candidate, threshold)
+
+    return jax.lax.fori_loop(0, 32, try_bit, jnp.zeros(keys.shape[0], jnp.uint32))

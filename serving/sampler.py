@@ -2,8 +2,9 @@
 
 Compiled variants: exactly one per batch bucket `B` (the vocabulary, the slot count of `SamplerState`
 and `MAX_TOP_LOGPROBS` are fixed for an engine's lifetime). Every request parameter travels as an
-array, so no combination of values recompiles; costly stages (the sort for top-k/top-p, the noise for
-random rows, the logprob top-k) sit behind `lax.cond`s on the batch and are skipped when no row needs them.
+array, so no combination of values recompiles. Costly stages (the top-k and top-p bisections, the noise
+for random rows, the logprob top-k) sit behind `lax.cond`s on the batch and are skipped when no row
+needs them.
 
 Randomness is per row: the key is `fold_in(fold_in(seed_key, stream), output_len)`, a function of the
 request's seed and its own step index only, and the draw is a Gumbel-max over that row's noise. A seeded
@@ -18,7 +19,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tpuserve.serving.logits_processors import apply_bias_and_penalties, filter_min_p, filter_top_k_top_p
+from tpuserve.serving.logits_processors import (
+    apply_bias_and_penalties,
+    filter_min_p,
+    filter_top_k,
+    filter_top_p,
+)
 from tpuserve.serving.logprobs import TokenLogprobs, empty_logprobs, token_logprobs
 from tpuserve.serving.sampler_state import SamplerState, record_tokens
 from tpuserve.serving.sampling_metadata import SamplingMetadata
@@ -56,16 +62,14 @@ def _sample_random(logits: jax.Array, greedy: jax.Array, meta: SamplingMetadata)
     """Temperature, min-p, top-k/top-p, then a Gumbel-max draw (an exact categorical sample)."""
     scaled = logits / jnp.where(greedy, 1.0, meta.temperature)[:, None]
     scaled = filter_min_p(scaled, meta.min_p)
-    scaled = jax.lax.cond(
-        jnp.any((meta.top_k > 0) | (meta.top_p < 1.0)),
-        filter_top_k_top_p,
-        lambda x, _k, _p: x,
-        scaled,
-        meta.top_k,
-        meta.top_p,
-    )
+    scaled = jax.lax.cond(jnp.any(meta.top_k > 0), filter_top_k, _unchanged, scaled, meta.top_k)
+    scaled = jax.lax.cond(jnp.any(meta.top_p < 1.0), filter_top_p, _unchanged, scaled, meta.top_p)
     noise = jax.vmap(lambda key: jax.random.gumbel(key, scaled.shape[-1:], jnp.float32))(_row_keys(meta))
     return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+
+
+def _unchanged(logits: jax.Array, _param: jax.Array) -> jax.Array:
+    return logits
 
 
 def _row_keys(meta: SamplingMetadata) -> jax.Array:
