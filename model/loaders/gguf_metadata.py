@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType
 
 from tpuserve.model.errors import ModelLoadError
 
@@ -30,11 +30,17 @@ NO_DEFAULT: Any = object()
 
 
 def metadata(reader: GGUFReader, key: str, default: Any = NO_DEFAULT) -> Any:
-    """One metadata value as a Python scalar, string or list."""
+    """One metadata value as a Python scalar, string or list.
+
+    float32 values come back as their shortest decimal (1e-05, not 9.999999747378752e-06), which is what the
+    converter was given and what an HF config.json would say.
+    """
     entry = reader.fields.get(key)
     if entry is None:
         if default is NO_DEFAULT:
             raise KeyError(f"GGUF metadata key {key!r} is missing")
         return default
     value = entry.contents()
+    if entry.types == [GGUFValueType.FLOAT32]:
+        return float(str(np.float32(value)))
     return value.item() if isinstance(value, np.generic) else value
