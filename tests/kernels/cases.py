@@ -32,6 +32,7 @@ class CaseSpec:
     pad_seqs: int = 0
     spare_pages: int = 3
     layout_backend: str = "reference"
+    bucket: tuple[int, int, int, int] | None = None  # (T, S, pages_per_seq, num_pages) to pad up to
 
 
 @dataclasses.dataclass
@@ -67,9 +68,30 @@ STANDARD = (
 )
 
 
+def random_spec(seed: int, **overrides: object) -> CaseSpec:
+    """A random mix of decode, fresh prefill and chunked-prefill sequences, with random padding."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, 3, size=int(rng.integers(1, 6)))
+    cached = [0 if kind == 1 else int(rng.integers(1, 120)) for kind in kinds]
+    new = [1 if kind == 0 else int(rng.integers(2, 40)) for kind in kinds]
+    fields: dict = {"pad_tokens": int(rng.integers(0, 5)), "pad_seqs": int(rng.integers(0, 3)), **overrides}
+    return CaseSpec(f"random_{seed}", cached=tuple(cached), new=tuple(new), **fields)
+
+
 def seed_for(spec: CaseSpec) -> int:
     """Stable seed from the whole spec, so every variant draws its own numbers, independent of test order."""
     return zlib.crc32(repr(spec).encode())
+
+
+def _padded_dims(spec: CaseSpec, pages_needed: list[int]) -> tuple[int, int, int, int]:
+    """(T, S, pages_per_seq, num_pages) of the batch, grown to `spec.bucket` so cases share one compile."""
+    natural = (sum(spec.new) + spec.pad_tokens, len(spec.new) + spec.pad_seqs, max(pages_needed) + 1,
+               1 + sum(pages_needed) + spec.spare_pages)
+    if spec.bucket is None:
+        return natural
+    if any(need > have for need, have in zip(natural, spec.bucket, strict=True)):
+        raise ValueError(f"case {spec.name} needs dims {natural}, more than its bucket {spec.bucket}")
+    return spec.bucket
 
 
 def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
@@ -78,10 +100,9 @@ def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
     dtype = np.dtype(ml_dtypes.bfloat16) if spec.dtype == "bfloat16" else np.dtype(spec.dtype)
     kv_lens = [c + n for c, n in zip(spec.cached, spec.new, strict=True)]
     pages_needed = [-(-length // spec.page_size) for length in kv_lens]
-    pages_per_seq = max(pages_needed) + 1
-    num_pages = 1 + sum(pages_needed) + spec.spare_pages
+    num_tokens, num_padded, pages_per_seq, num_pages = _padded_dims(spec, pages_needed)
     pool = iter(rng.permutation(np.arange(1, num_pages)))
-    num_real, num_padded = len(kv_lens), len(kv_lens) + spec.pad_seqs
+    num_real = len(kv_lens)
 
     page_indices = np.zeros((num_padded, pages_per_seq), np.int32)
     for s, count in enumerate(pages_needed):
@@ -89,7 +110,6 @@ def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
     cu_q_lens = np.zeros(num_padded + 1, np.int32)
     cu_q_lens[1 : num_real + 1] = np.cumsum(spec.new)
     cu_q_lens[num_real + 1 :] = cu_q_lens[num_real]
-    num_tokens = int(cu_q_lens[-1]) + spec.pad_tokens
 
     def normal(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(dtype)
@@ -101,7 +121,7 @@ def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
         v=normal(num_tokens, spec.num_kv_heads, spec.head_dim),
         kv_cache=normal(*kv_cache_shape(num_pages, spec.page_size, spec.num_kv_heads, spec.head_dim,
                                         backend=spec.layout_backend)),
-        kv_lens=np.array(kv_lens + [0] * spec.pad_seqs, np.int32),
+        kv_lens=np.array(kv_lens + [0] * (num_padded - num_real), np.int32),
         page_indices=page_indices,
         cu_q_lens=cu_q_lens,
         num_seqs=np.array([num_real], np.int32),
