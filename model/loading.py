@@ -140,7 +140,7 @@ def _load_gguf(checkpoint: Checkpoint, dtype: DTypeLike, sharding: Placement) ->
     return LoadedModel(
         config=config,
         model=_place(model, sharding),
-        tokenizer=gguf_tokenizer(checkpoint.path),
+        tokenizer=gguf_tokenizer(gguf),
         generation_config=gguf.generation_config,
         source=str(checkpoint),
         hf_config=gguf.hf_config,

@@ -77,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show_progress() -> None:
     """Loading progress and timings go to stderr; only our own loggers, not every library's INFO chatter."""
+    logger = logging.getLogger("tpuserve")
+    if logger.handlers:
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("tpuserve")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
