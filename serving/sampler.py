@@ -9,6 +9,14 @@ needs them.
 Randomness is per row: the key is `fold_in(fold_in(seed_key, stream), output_len)`, a function of the
 request's seed and its own step index only, and the draw is a Gumbel-max over that row's noise. A seeded
 request therefore produces the same tokens alone, in any batch, at any row, and after a recompute.
+
+How the engine drives it:
+    state = SamplerState.create(max_num_seqs, vocab_size)          # once
+    state = admit(state, slot, params, prompt_ids, eos_id)          # when a request gets a slot
+    meta = SamplingMetadata.from_params(params_in_rows, num_rows=bucket, slot_ids=..., output_lens=...,
+                                        request_numbers=..., engine_seed=..., record=...)
+    out, state = sample(logits, state, meta)                        # every step; state is donated
+Row i's alternatives are `out.logprobs.top_ids[i, :params.logprobs]`; the host cuts them.
 """
 
 from __future__ import annotations
