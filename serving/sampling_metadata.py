@@ -68,7 +68,7 @@ class SamplingMetadata(NamedTuple):
             for p, r in zip(params, request_numbers, strict=True)
         ]
         key_words = np.zeros((num_rows, 2), np.uint32)
-        key_words[:n] = [_split_words(s) for s in seeds]
+        key_words[:n] = np.array([_split_words(s) for s in seeds], np.uint32).reshape(n, 2)
         return cls(
             slot_ids=column(slot_ids, np.int32, 0),
             output_len=column(output_lens, np.int32, 0),

@@ -106,3 +106,9 @@ def test_metadata_packs_rows_and_pads_harmlessly() -> None:
         SamplingMetadata.from_params(
             params, num_rows=1, slot_ids=[0, 1], output_lens=[0, 0], request_numbers=[0, 1]
         )
+
+
+def test_metadata_of_an_empty_step_is_all_padding() -> None:
+    meta = SamplingMetadata.from_params([], num_rows=8, slot_ids=[], output_lens=[], request_numbers=[])
+    assert meta.key_words.shape == (8, 2)
+    assert not meta.record.any()
