@@ -1,0 +1,79 @@
+"""Turns a `SchedulerOutput` into padded host arrays for one model step.
+
+Sequences are laid out in scheduling order; rows past the real tokens and sequences past the real
+ones are padding that the kernel ignores (kv_lens 0, page 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tpuserve.serving.buckets import pad_to
+from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.runner import StepInputs
+from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptLogprobRows:
+    """Hidden rows whose logits score the next prompt token, for one request's chunk."""
+
+    chunk: ScheduledChunk
+    first_position: int  # prompt position of the first row; row i scores prompt token first + i + 1
+    rows: np.ndarray  # int32 indices into the step's hidden states
+    targets: np.ndarray  # int32 prompt token ids being scored
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedStep:
+    inputs: StepInputs
+    sampled: list[ScheduledChunk]  # chunks that end their sequence: each samples one token
+    sample_rows: np.ndarray  # int32 [sequence bucket]: the hidden row of each sampled chunk's last token
+    prompt_logprobs: list[PromptLogprobRows]
+
+
+def prepare_step(schedule: SchedulerOutput, config: EngineConfig) -> PreparedStep:
+    num_tokens = pad_to(schedule.num_tokens, config.token_buckets)
+    token_ids = np.zeros(num_tokens, np.int32)
+    positions = np.zeros(num_tokens, np.int32)
+    kv_lens = np.zeros(config.max_num_seqs, np.int32)
+    page_indices = np.zeros((config.max_num_seqs, config.pages_per_seq), np.int32)
+    cu_q_lens = np.zeros(config.max_num_seqs + 1, np.int32)
+    sampled, last_rows, prompt_rows = [], [], []
+    row = 0
+    for s, chunk in enumerate(schedule.chunks):
+        request, start, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
+        token_ids[row : row + n] = request.all_token_ids[start : start + n]
+        positions[row : row + n] = np.arange(start, start + n)
+        kv_lens[s] = start + n
+        page_indices[s, : len(request.pages)] = request.pages
+        cu_q_lens[s + 1 :] = row + n
+        if chunk.completes_sequence:
+            sampled.append(chunk)
+            last_rows.append(row + n - 1)
+        scored = _prompt_logprob_rows(chunk, row)
+        if scored is not None:
+            prompt_rows.append(scored)
+        row += n
+    sample_rows = np.zeros(pad_to(max(len(sampled), 1), config.seq_buckets), np.int32)
+    sample_rows[: len(last_rows)] = last_rows
+    inputs = StepInputs(
+        token_ids, positions, kv_lens, page_indices, cu_q_lens, np.array([len(schedule.chunks)], np.int32)
+    )
+    return PreparedStep(inputs, sampled, sample_rows, prompt_rows)
+
+
+def _prompt_logprob_rows(chunk: ScheduledChunk, first_row: int) -> PromptLogprobRows | None:
+    """Rows of this chunk at prompt positions p whose next token p + 1 is still in the prompt."""
+    request = chunk.request
+    if request.sampling_params.prompt_logprobs is None or request.output_token_ids:
+        return None
+    start = request.num_computed_tokens
+    end = min(start + chunk.num_tokens, len(request.prompt_token_ids) - 1)
+    if end <= start:
+        return None
+    rows = np.arange(first_row, first_row + end - start, dtype=np.int32)
+    targets = np.asarray(request.prompt_token_ids[start + 1 : end + 1], np.int32)
+    return PromptLogprobRows(chunk, start, rows, targets)

@@ -1,0 +1,242 @@
+"""The synchronous engine: requests in, one scheduled model step per `step()`, `RequestOutput`s out.
+
+It knows nothing of HTTP; the offline `LLM` and the async engine behind the server both drive it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from tpuserve.model import LoadedModel
+from tpuserve.serving.batch import PreparedStep, prepare_step
+from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.outputs import RequestOutput
+from tpuserve.serving.page_allocator import PageAllocator
+from tpuserve.serving.request import FinishReason
+from tpuserve.serving.request_group import RequestGroup, Sequence, finish_sequence
+from tpuserve.serving.runner import ModelRunner
+from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sampling_params import SamplingParams
+from tpuserve.serving.scheduler import Scheduler
+from tpuserve.serving.stats import EngineStats
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit the model's context (`max_model_len`)."""
+
+
+class SampledTokens(NamedTuple):
+    """One step's sampled tokens and their logprobs, fetched to the host (row i: `step.sampled[i]`)."""
+
+    token_ids: np.ndarray
+    logprob: np.ndarray
+    rank: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, backend: str = "auto") -> None:
+        self.config = config
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.eos_token_ids = _eos_token_ids(loaded)
+        self.allocator = PageAllocator(config.num_pages, config.page_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.allocator)
+        self.runner = ModelRunner(loaded.model, config, backend)
+        self.stats = EngineStats()
+        self._groups: dict[str, RequestGroup] = {}
+        self._sequences: dict[str, tuple[RequestGroup, Sequence]] = {}
+        self._numbers: dict[str, int] = {}
+        self._counter = itertools.count()
+        self._free_slots = list(range(config.max_num_seqs - 1, -1, -1))
+
+    def precompile(self, progress: Callable[[str], None] = lambda label: None) -> None:
+        for label in self.runner.precompile():
+            progress(label)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self._groups)
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0
+    ) -> RequestGroup:
+        if request_id in self._groups:
+            raise ValueError(f"request id {request_id!r} is already running")
+        text, ids = (
+            (prompt, self.tokenizer.encode(prompt, add_special_tokens=False))
+            if isinstance(prompt, str)
+            else (None, [int(t) for t in prompt])
+        )
+        if not ids:
+            raise PromptTooLongError("the prompt is empty: at least one token is needed")
+        if len(ids) > self.config.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens, more than this model's maximum "
+                f"context length of {self.config.max_model_len} tokens"
+            )
+        params.check_vocab(self.model_config.vocab_size)
+        group = RequestGroup(request_id, text, ids, params, self.tokenizer, priority)
+        self._groups[request_id] = group
+        for seq in group.sequences:
+            self._sequences[seq.request.request_id] = (group, seq)
+            self._numbers[seq.request.request_id] = next(self._counter)
+        # Siblings wait until the first sample has computed (and cached) the shared prompt pages.
+        group.siblings_held = params.n > 1 and self.config.enable_prefix_caching
+        for seq in group.sequences[:1] if group.siblings_held else group.sequences:
+            self.scheduler.add(seq.request)
+        return group
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        group = self._groups.get(request_id)
+        if group is None:
+            return None
+        for seq in group.sequences:
+            if seq.request.finish_reason is None:
+                finish_sequence(seq, FinishReason.ABORT)
+                self._retire(seq)
+        return self._finish_group(group)
+
+    def step(self) -> list[RequestOutput]:
+        schedule = self.scheduler.schedule()
+        for request in schedule.preempted:
+            self._release_slot(self._sequences[request.request_id][1])
+        if not schedule.chunks:
+            return []
+        started = time.monotonic()
+        for chunk in schedule.chunks:
+            self._ensure_slot(self._sequences[chunk.request.request_id][1], started)
+        step = prepare_step(schedule, self.config)
+        hidden = self.runner.forward(step.inputs)
+        tokens = self._sample(hidden, step)
+        self._record_prompt_logprobs(hidden, step)
+        for chunk in schedule.chunks:
+            request = chunk.request
+            request.num_computed_tokens += chunk.num_tokens
+            computed = request.all_token_ids[: request.num_computed_tokens]
+            self.allocator.register_full_pages(computed, request.pages)
+        touched = {}
+        for i, chunk in enumerate(step.sampled):
+            group, seq = self._sequences[chunk.request.request_id]
+            self._append_token(group, seq, tokens, i)
+            touched[group.request_id] = group
+        self.stats.record_step(schedule.num_tokens, time.monotonic() - started, len(schedule.preempted))
+        return [self._finish_group(g) if g.finished else g.output() for g in touched.values()]
+
+    def _sample(self, hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
+        if not step.sampled:
+            return None
+        seqs = [self._sequences[c.request.request_id][1] for c in step.sampled]
+        meta = SamplingMetadata.from_params(
+            [s.request.sampling_params for s in seqs],
+            num_rows=len(step.sample_rows),
+            slot_ids=[s.slot for s in seqs],
+            output_lens=[len(s.request.output_token_ids) for s in seqs],
+            request_numbers=[self._numbers[s.request.request_id] for s in seqs],
+            engine_seed=self.config.seed,
+        )
+        output = self.runner.sample(hidden, step.sample_rows, meta)
+        return SampledTokens(np.asarray(output.token_ids), *(np.asarray(a) for a in output.logprobs))
+
+    def _record_prompt_logprobs(self, hidden: jax.Array, step: PreparedStep) -> None:
+        if not step.prompt_logprobs:
+            return
+        rows = np.concatenate([p.rows for p in step.prompt_logprobs])
+        targets = np.concatenate([p.targets for p in step.prompt_logprobs])
+        result = self.runner.prompt_logprobs(hidden, rows, targets)
+        start = 0
+        for part in step.prompt_logprobs:
+            stop = start + len(part.rows)
+            group = self._sequences[part.chunk.request.request_id][0]
+            group.record_prompt_logprobs(part.first_position, *(a[start:stop] for a in result))
+            start = stop
+
+    def _append_token(self, group: RequestGroup, seq: Sequence, tokens: SampledTokens, i: int) -> None:
+        request, params = seq.request, seq.request.sampling_params
+        token = int(tokens.token_ids[i])
+        request.output_token_ids.append(token)
+        now = time.monotonic()
+        if request.first_token_time is None:
+            request.first_token_time = now
+            self.stats.record_first_token(now - group.metrics.arrival_time)
+            if group.siblings_held:
+                self._admit_siblings(group)
+        else:
+            self.stats.record_inter_token(now - (group.metrics.last_token_time or now))
+        group.metrics.first_token_time = group.metrics.first_token_time or now
+        group.metrics.last_token_time = now
+        if seq.logprobs is not None:
+            group.record_token_logprobs(
+                seq, token, tokens.logprob[i], tokens.rank[i], tokens.top_ids[i], tokens.top_logprobs[i]
+            )
+        num_outputs = len(request.output_token_ids)
+        may_stop = num_outputs >= params.min_tokens
+        if may_stop and not params.ignore_eos and token in self.eos_token_ids:
+            reason = (FinishReason.STOP, None)
+        elif may_stop and token in params.stop_token_ids:
+            reason = (FinishReason.STOP, token)
+        else:
+            reason = None
+        hide_stop_token = reason is not None and not params.include_stop_str_in_output
+        update = seq.detokenizer.add_tokens([] if hide_stop_token else [token])
+        if reason is None and update.stopped:
+            reason = (FinishReason.STOP, update.stop_str)
+        max_tokens = params.max_tokens or self.config.max_model_len
+        if reason is None and (num_outputs >= max_tokens or request.num_tokens >= self.config.max_model_len):
+            reason = (FinishReason.LENGTH, None)
+        if reason is not None:
+            if not update.stopped:
+                seq.detokenizer.finish()
+            finish_sequence(seq, *reason)
+            self._retire(seq)
+
+    def _admit_siblings(self, group: RequestGroup) -> None:
+        group.siblings_held = False
+        for seq in group.sequences[1:]:
+            if seq.request.finish_reason is None:
+                self.scheduler.add(seq.request)
+
+    def _ensure_slot(self, seq: Sequence, now: float) -> None:
+        if seq.slot is not None:
+            return
+        seq.slot = self._free_slots.pop()
+        request = seq.request
+        eos = None if not self.eos_token_ids else self.eos_token_ids[0]
+        self.runner.admit(
+            seq.slot, request.sampling_params, request.prompt_token_ids, request.output_token_ids, eos
+        )
+        group = self._sequences[request.request_id][0]
+        group.metrics.first_scheduled_time = group.metrics.first_scheduled_time or now
+
+    def _release_slot(self, seq: Sequence) -> None:
+        if seq.slot is not None:
+            self._free_slots.append(seq.slot)
+            seq.slot = None
+
+    def _retire(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq.request)
+        self._release_slot(seq)
+
+    def _finish_group(self, group: RequestGroup) -> RequestOutput:
+        if group.finished:
+            group.metrics.finished_time = group.metrics.finished_time or time.monotonic()
+            self._groups.pop(group.request_id, None)
+            for seq in group.sequences:
+                self._sequences.pop(seq.request.request_id, None)
+                self._numbers.pop(seq.request.request_id, None)
+        return group.output()
+
+
+def _eos_token_ids(loaded: LoadedModel) -> tuple[int, ...]:
+    """The tokenizer's EOS plus any the generation config adds (Llama 3 lists several)."""
+    configured = loaded.generation_config.get("eos_token_id")
+    ids = [loaded.tokenizer.eos_token_id]
+    ids += configured if isinstance(configured, list) else [configured]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
