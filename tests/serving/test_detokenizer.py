@@ -56,6 +56,24 @@ def test_split_characters_are_held_until_complete(tokenizer: PreTrainedTokenizer
     assert "" in deltas and " 🎉" in deltas
 
 
+def test_decode_window_stays_short_for_long_outputs(
+    tokenizer: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step must cost O(1) decoding, not re-decode the whole output."""
+    window_sizes = []
+    decode = tokenizer.decode
+
+    def spy(ids: list[int], **options: bool) -> str:
+        window_sizes.append(len(ids))
+        return decode(ids, **options)
+
+    monkeypatch.setattr(tokenizer, "decode", spy)
+    ids = tokenizer.encode("Streaming 🎉 text, 世界, " * 20)
+    deltas, _ = stream(tokenizer, ids)
+    assert "".join(deltas) == decode(ids)
+    assert len(ids) > 100 and max(window_sizes) <= 8
+
+
 def test_unfinished_character_is_flushed_as_decode_shows_it(tokenizer: PreTrainedTokenizerBase) -> None:
     ids = tokenizer.encode("ok 🎉")[:-1]
     deltas, detok = stream(tokenizer, ids)
