@@ -45,7 +45,7 @@ class IncrementalDetokenizer:
         prompt_token_ids: Sequence[int],
         skip_special_tokens: bool = True,
         spaces_between_special_tokens: bool = True,
-        stop: Iterable[str] = (),
+        stop: str | Iterable[str] = (),
         include_stop_str_in_output: bool = False,
     ) -> None:
         self.tokenizer = tokenizer

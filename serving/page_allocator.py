@@ -81,7 +81,7 @@ class PageAllocator:
         self.page_size = page_size
         self.enable_prefix_caching = enable_prefix_caching
         self.stats = PrefixCacheStats()
-        self._refcount = np.zeros(num_pages, dtype=np.int64)
+        self._refcount = [0] * num_pages
         # Popped from the end, so low page ids go out first: easier to read in a debugger.
         self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # oldest first
@@ -100,7 +100,7 @@ class PageAllocator:
 
     def refcount(self, page: int) -> int:
         """How many holders share `page`."""
-        return int(self._refcount[page])
+        return self._refcount[page]
 
     def allocate(self, n: int) -> list[int]:
         """Take `n` pages with refcount 1, evicting least-recently-used cached prefixes if needed."""

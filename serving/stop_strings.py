@@ -26,8 +26,8 @@ class StopCheck:
 class StopStringMatcher:
     """Finds the first stop string in streamed text and withholds any possible partial match."""
 
-    def __init__(self, stop: Iterable[str], include_stop_str_in_output: bool = False) -> None:
-        self.stop = tuple(stop)
+    def __init__(self, stop: str | Iterable[str], include_stop_str_in_output: bool = False) -> None:
+        self.stop = (stop,) if isinstance(stop, str) else tuple(stop)  # one string is one stop, not chars
         if "" in self.stop:
             raise InvalidStopStringError("stop strings must be non-empty")
         self.include_stop_str_in_output = include_stop_str_in_output

@@ -77,3 +77,8 @@ def test_nothing_after_a_stop_and_empty_stop_rejected() -> None:
     assert matcher.feed("more").released == ""
     with pytest.raises(InvalidStopStringError):
         StopStringMatcher(["ok", ""])
+
+
+def test_a_single_string_is_one_stop_string() -> None:
+    matcher = StopStringMatcher("cd")
+    assert (matcher.feed("abcde").released, matcher.stop_str) == ("ab", "cd")
