@@ -105,12 +105,14 @@ def rope(hf: HFConfig, layer_type: str | None = None, *, theta_key: str = "rope_
     if rope_type not in ROPE_TYPES:
         supported = ", ".join(ROPE_TYPES)
         raise ModelLoadError(None, f"unsupported rope_type '{rope_type}' (supported: {supported})")
+    theta = float(params["rope_theta"])
     if rope_type == "default":
-        return RopeSpec(theta=float(params["rope_theta"]))
+        return RopeSpec(theta=theta)
+    if rope_type == "linear":
+        return RopeSpec(theta=theta, rope_type=rope_type, factor=float(params["factor"]))
     return RopeSpec(
-        theta=float(params["rope_theta"]), rope_type=rope_type, factor=float(params["factor"]),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        theta=theta, rope_type=rope_type, factor=float(params["factor"]),
+        low_freq_factor=float(params["low_freq_factor"]), high_freq_factor=float(params["high_freq_factor"]),
         original_max_position_embeddings=int(params.get("original_max_position_embeddings")
                                              or hf.get("max_position_embeddings", 8192)),
     )
