@@ -66,24 +66,20 @@ class Engine:
         return bool(self._groups)
 
     def add_request(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int = 0
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+        prompt: str | None = None, priority: int = 0,
     ) -> RequestGroup:
+        """Queue a tokenized prompt (`prompt` is its text, echoed back in outputs when known)."""
         if request_id in self._groups:
             raise ValueError(f"request id {request_id!r} is already running")
-        text, ids = (
-            (prompt, self.tokenizer.encode(prompt, add_special_tokens=False))
-            if isinstance(prompt, str)
-            else (None, [int(t) for t in prompt])
-        )
+        ids = [int(t) for t in prompt_token_ids]
         if not ids:
             raise PromptTooLongError("the prompt is empty: at least one token is needed")
         if len(ids) > self.config.max_model_len:
-            raise PromptTooLongError(
-                f"the prompt has {len(ids)} tokens, more than this model's maximum "
-                f"context length of {self.config.max_model_len} tokens"
-            )
+            raise PromptTooLongError(f"the prompt has {len(ids)} tokens, more than this model's maximum "
+                                     f"context length of {self.config.max_model_len} tokens")
         params.check_vocab(self.model_config.vocab_size)
-        group = RequestGroup(request_id, text, ids, params, self.tokenizer, priority)
+        group = RequestGroup(request_id, prompt, ids, params, self.tokenizer, priority)
         self._groups[request_id] = group
         for seq in group.sequences:
             self._sequences[seq.request.request_id] = (group, seq)

@@ -1,0 +1,151 @@
+"""The offline Python API, shaped like vLLM's: `LLM(...).generate(...)` and `.chat(...)`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from tpuserve.model import LoadedModel, load_model
+from tpuserve.serving.compilation import enable_compilation_cache
+from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.engine import Engine
+from tpuserve.serving.outputs import RequestOutput
+from tpuserve.serving.sampling_params import SamplingParams
+
+DEFAULT_KV_CACHE_MEMORY = 2 << 30
+"""Bytes of KV cache when neither `kv_cache_memory` nor `num_pages` is given (about 45k SmolLM2 tokens)."""
+
+PromptType = str | Sequence[int] | Mapping[str, Any]
+Conversation = Sequence[Mapping[str, Any]]
+
+
+class LLM:
+    """Loads a model (or takes a `LoadedModel`), compiles every bucket once, then generates batches."""
+
+    def __init__(
+        self,
+        model: str | LoadedModel | None = None,
+        dtype: str | None = None,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        page_size: int = 16,
+        kv_cache_memory: int | None = None,
+        num_pages: int | None = None,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        compilation_cache_dir: str | None = None,
+        backend: str = "auto",
+        use_tqdm: bool = True,
+    ) -> None:
+        enable_compilation_cache(compilation_cache_dir)
+        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype)
+        max_model_len = max_model_len or self.loaded.config.max_position_embeddings
+        if num_pages is None:
+            num_pages = _pages_for_memory(self.loaded, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, page_size)
+            num_pages = min(num_pages, 1 + max_num_seqs * -(-max_model_len // page_size))
+        self.config = EngineConfig(
+            max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, page_size=page_size, num_pages=num_pages,
+            enable_prefix_caching=enable_prefix_caching, seed=seed,
+        )
+        self.engine = Engine(self.loaded, self.config, backend)
+        labels = self.config.token_buckets + self.config.seq_buckets
+        with tqdm(total=len(labels), desc="Compiling buckets", disable=not use_tqdm) as bar:
+            self.engine.precompile(lambda label: (bar.set_postfix_str(label), bar.update()))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.loaded.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_special_tokens: bool = True,
+    ) -> list[RequestOutput]:
+        """Outputs in prompt order. Prompts are strings, token-id lists or `{"prompt_token_ids": [...]}`."""
+        prompts = _as_prompt_list(prompts)
+        params = _per_prompt(sampling_params, len(prompts))
+        ids = []
+        for prompt, p in zip(prompts, params, strict=True):
+            request_id = str(next(self._ids))
+            text, token_ids = self._tokenize(prompt, add_special_tokens)
+            self.engine.add_request(request_id, token_ids, p, prompt=text)
+            ids.append(request_id)
+        return self._run(ids, use_tqdm)
+
+    def _tokenize(self, prompt: PromptType, add_special_tokens: bool) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, Mapping):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+            prompt = prompt["prompt"]
+        if isinstance(prompt, str):
+            return prompt, self.loaded.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        return None, [int(t) for t in prompt]
+
+    def chat(
+        self,
+        messages: Conversation | Sequence[Conversation],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """Applies the model's chat template (tokens are what the template yields, no extra BOS)."""
+        conversations = [messages] if messages and isinstance(messages[0], Mapping) else list(messages)
+        tokenizer = self.loaded.tokenizer
+        prompts = [
+            tokenizer.apply_chat_template(
+                list(conv), chat_template=chat_template, tokenize=False,
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                continue_final_message=continue_final_message, **(chat_template_kwargs or {}),
+            )
+            for conv in conversations
+        ]
+        # The template already wrote every special token it wants (vLLM tokenizes chat the same way).
+        return self.generate(prompts, sampling_params, use_tqdm, add_special_tokens=False)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        with tqdm(total=len(request_ids), desc="Generating", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished:
+                for output in self.engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        bar.update()
+        return [finished[i] for i in request_ids]
+
+
+def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:
+    if isinstance(prompts, str | Mapping):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(p, int) for p in prompts):
+        return [prompts]  # one prompt given as token ids
+    return prompts
+
+
+def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    if len(params) != n:
+        raise ValueError(f"got {len(params)} sampling params for {n} prompts")
+    return list(params)
+
+
+def _pages_for_memory(loaded: LoadedModel, memory: int, page_size: int) -> int:
+    config = loaded.config
+    dtype_bytes = jax.tree.leaves(loaded.model)[0].dtype.itemsize
+    per_page = config.num_layers * page_size * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+    return max(2, memory // per_page)
