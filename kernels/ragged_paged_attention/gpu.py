@@ -87,7 +87,7 @@ def ragged_paged_attention(
     seq_lens = jnp.where(jnp.arange(max_seqs) < num_seqs[0], kv_lens, 0)
     options = dict(sm_scale=sm_scale, sliding_window=sliding_window, soft_cap=soft_cap, interpret=interpret)
     if not decode_only:
-        out = prefill_attention(q, kv_cache, seq_lens, page_indices, cu_q_lens, seq_ids, valid, **options)
+        out = prefill_attention(q, kv_cache, seq_lens, page_indices, cu_q_lens, valid, **options)
         return out, kv_cache
 
     rows = jnp.clip(cu_q_lens[:-1], 0, num_tokens - 1)
