@@ -136,7 +136,7 @@ class PageAllocator:
             self._refcount[page] -= 1
             if self._refcount[page] > 0:
                 continue
-            if self._is_cached(page):
+            if self._claim_cache_entry(page):
                 self._evictable[page] = None
             else:
                 self._page_hash.pop(page, None)
@@ -213,9 +213,13 @@ class PageAllocator:
             pages.append(page)
         return pages
 
-    def _is_cached(self, page: int) -> bool:
-        """Whether a prefix hit can return this page (a private duplicate of a cached prefix cannot)."""
-        return page in self._page_hash and self._cached[self._page_hash[page]] == page
+    def _claim_cache_entry(self, page: int) -> bool:
+        """Whether prefix hits may return this page once it is freed.
+
+        A private duplicate takes over its prefix if the cached copy has been evicted meanwhile.
+        """
+        page_hash = self._page_hash.get(page)
+        return page_hash is not None and self._cached.setdefault(page_hash, page) == page
 
     def _forget_hash(self, page: int) -> None:
         page_hash = self._page_hash.pop(page)

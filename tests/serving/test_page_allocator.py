@@ -243,6 +243,16 @@ def test_duplicate_prefix_stays_private_and_is_not_cached_twice() -> None:
     assert alloc.reset_prefix_cache() == 1
 
 
+def test_duplicate_takes_over_a_prefix_whose_cached_copy_was_evicted() -> None:
+    alloc = PageAllocator(num_pages=3, page_size=PAGE_SIZE)
+    cached = cache(alloc, [5, 6])
+    duplicate = alloc.allocate(1)  # computed while the cached copy still existed
+    alloc.register_full_pages([5, 6], duplicate)
+    assert alloc.allocate(1) == cached  # evicts the cached copy
+    alloc.free(duplicate)
+    assert alloc.match_prefix([5, 6, 7]) == (duplicate, 2)
+
+
 def test_registration_is_incremental_and_idempotent() -> None:
     tokens = [4, 1, 3, 3, 2, 9, 8]
     grown, at_once = PageAllocator(8, PAGE_SIZE), PageAllocator(8, PAGE_SIZE)
