@@ -123,8 +123,8 @@ def prefill_attention(
     """Causal attention of ragged query rows over their sequences' paged KV (cache already written).
 
     q: [T, Hq, D] flattened ragged rows; seq_lens: i32[S] after this step, 0 for padding sequences;
-    row_live: bool[T], whether each row is a real token (`layout.token_positions`); the other rows
-    come back as zeros. Returns [T, Hq, D].
+    row_live: bool[T], whether each row is a real token (before cu_q_lens[num_seqs]); the other
+    rows come back as zeros. Returns [T, Hq, D].
     """
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[2] // 2
