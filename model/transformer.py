@@ -51,7 +51,7 @@ class Transformer(nnx.Module):
     """Parameters in `dtype`; activations, norms, softmax and RoPE in float32."""
 
     def __init__(self, config: ModelConfig, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
-        dtype = jnp.dtype(dtype or default_dtype())
+        dtype = jnp.dtype(default_dtype() if dtype is None else dtype)
         self.config = config
         self.embedder = Embed(config.vocab_size, config.hidden_size, scaled=config.scale_embeddings,
                               dtype=dtype, rngs=rngs)

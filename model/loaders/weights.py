@@ -26,7 +26,7 @@ from tpuserve.model.transformer import Transformer, default_dtype
 def load_weights(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]],
                  dtype: jnp.dtype | None = None, *, source: str | None = None) -> Transformer:
     """Builds the model from `(hf_name, array)` pairs; `source` (a path) names the checkpoint in errors."""
-    dtype = jnp.dtype(dtype or default_dtype())
+    dtype = jnp.dtype(default_dtype() if dtype is None else dtype)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0))))
     flat = list(nnx.to_flat_state(state))
     shapes = {_dotted(path): var.get_value().shape for path, var in flat}

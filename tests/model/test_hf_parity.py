@@ -20,6 +20,7 @@ import transformers
 from flax import nnx
 from transformers import PreTrainedModel
 
+from tpuserve.model.config import ModelConfig
 from tpuserve.model.loaders.safetensors import HFCheckpoint, load_hf_directory
 from tpuserve.model.transformer import Transformer
 
@@ -103,9 +104,9 @@ def checkpoint(case: str) -> tuple[PreTrainedModel, HFCheckpoint]:
 
 
 @nnx.jit
-def forward(model: Transformer, token_ids: jax.Array) -> jax.Array:
+def forward(model: Transformer, token_ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
     """Compiled dense forward: one XLA compile is cheaper than eager op-by-op dispatch on a busy CPU."""
-    return model(token_ids)
+    return model(token_ids, positions)
 
 
 def random_tokens(seed: int, length: int) -> np.ndarray:
@@ -133,3 +134,18 @@ def test_right_padding_leaves_real_positions_unchanged() -> None:
     batch = logits(np.concatenate([long, padded]))
     np.testing.assert_allclose(batch[0], logits(long)[0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(batch[1, :20], logits(short)[0], atol=1e-5, rtol=0)
+
+
+def test_random_init_model_accepts_explicit_positions() -> None:
+    """`Transformer(config, rngs=...)` needs no checkpoint; RoPE sees only relative offsets, so shifting
+    every position by the same amount keeps the logits, while the positions themselves do reach the model."""
+    config = ModelConfig.from_hf({"model_type": "qwen2", **TINY})
+    model = Transformer(config, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(random_tokens(4, 12))
+    positions = jnp.arange(12, dtype=jnp.int32)[None]
+    base = np.asarray(forward(model, tokens, positions))
+    shifted = np.asarray(forward(model, tokens, positions + 1000))
+    scrambled = np.asarray(forward(model, tokens, positions * 7))
+    assert base.shape == (1, 12, VOCAB) and np.isfinite(base).all()
+    np.testing.assert_allclose(shifted, base, atol=1e-4, rtol=0)
+    assert np.abs(scrambled - base).max() > 1e-3

@@ -71,6 +71,13 @@ def test_bf16_sharded_checkpoint_loads_exact_values(hf_model: transformers.Llama
                                   bf16.model.embed_tokens.weight.detach().float().numpy())
     assert loaded.generation_config["bos_token_id"] == hf_model.generation_config.bos_token_id
 
+    # The same weights kept in bfloat16 (the accelerator default) give nearly the same logits.
+    in_bf16 = load_hf_directory(tmp_path, dtype=jnp.bfloat16).model
+    assert in_bf16.embedder.embedding[...].dtype == jnp.bfloat16
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, TINY["vocab_size"], size=(1, 9)), jnp.int32)
+    reference = np.asarray(loaded.model(tokens))
+    np.testing.assert_allclose(np.asarray(in_bf16(tokens)), reference, atol=0.02 * np.abs(reference).max())
+
 
 def test_harmless_extra_tensor_is_ignored(checkpoint: Path) -> None:
     rewrite_weights(checkpoint, {"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)})
