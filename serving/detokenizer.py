@@ -56,6 +56,8 @@ class IncrementalDetokenizer:
         self._added_ids = set(tokenizer.added_tokens_decoder)
         self.text = ""
         context = list(prompt_token_ids[-PROMPT_CONTEXT_TOKENS:])
+        if self._decode(context).endswith(REPLACEMENT_CHAR):
+            context = []  # a prompt cut mid-character would swallow the first output bytes
         self._ids = context  # decoding window source: prompt context + every output token
         self._prefix_offset = 0  # window start: already-emitted tokens kept as decoding context
         self._read_offset = len(context)  # tokens before this have been emitted as text

@@ -82,6 +82,14 @@ def test_unfinished_character_is_flushed_as_decode_shows_it(tokenizer: PreTraine
     assert detok.text == tokenizer.decode(ids)
 
 
+def test_prompt_cut_mid_character_does_not_swallow_output_bytes(tokenizer: PreTrainedTokenizerBase) -> None:
+    emoji_ids = tokenizer.encode("ok 🎉")
+    output = emoji_ids[-1:] + tokenizer.encode(" hi 世界")
+    detok = IncrementalDetokenizer(tokenizer, emoji_ids[:-1])
+    deltas = [detok.add_tokens([token_id]).text_delta for token_id in output]
+    assert "".join(deltas) + detok.finish() == tokenizer.decode(output)
+
+
 @pytest.mark.parametrize("skip", [True, False])
 def test_skip_special_tokens_matches_decode(tokenizer: PreTrainedTokenizerBase, skip: bool) -> None:
     ids = tokenizer.encode("<|im_start|>assistant\nHi 世界<|im_end|><|endoftext|>ok")
