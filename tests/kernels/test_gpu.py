@@ -4,9 +4,10 @@ Runs the kernels in Pallas interpret mode on CPU by default; `TPUSERVE_KERNEL_IN
 natively and then needs a GPU. Tolerances (atol = rtol): float32 1e-5, bfloat16 2e-2 (P is rounded to
 bf16 before the PV matmul and the output is bf16). The written cache must match the oracle exactly.
 
-Cases are the shared ragged batches plus one variant per feature (GQA 1/3/8, head_dim 128, page 64,
-sliding window, soft cap, bf16), each run through both the decode and the mixed kernel where the batch
-is decode-only, instead of a full cross product: interpret mode compiles every shape afresh.
+Cases: the shared ragged batches and random ragged batches (padded to one bucket, so they share a
+compile), plus one variant per feature (GQA 1/3/8, head_dim 128, page 64, sliding window, soft cap,
+bf16) run through both kernels, instead of a full cross product: interpret mode compiles every shape
+afresh. The decode kernel only gets decode-only batches, as the engine promises.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.kernels.cases import STANDARD, CaseSpec, RaggedCase, make_case
+from tests.kernels.cases import STANDARD, CaseSpec, RaggedCase, make_case, random_spec
 from tests.kernels.dense_oracle import dense_attention
 from tpuserve.kernels import ragged_paged_attention as api_ragged_paged_attention
 from tpuserve.kernels.ragged_paged_attention import gpu
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.skipif(
     not INTERPRET and jax.default_backend() != "gpu", reason="native GPU kernels need a GPU"
 )
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
+
+# Cases padded to one bucket (T, S, pages_per_seq, num_pages) share a compile; feature variants change
+# head counts or dims and compile on their own.
+BUCKET = (256, 8, 16, 64)
+
+
+def _bucketed(spec: CaseSpec) -> CaseSpec:
+    return dataclasses.replace(spec, bucket=BUCKET)
+
 
 _STANDARD = {spec.name: spec for spec in STANDARD}
 DECODE = _STANDARD["decode_only"]
@@ -51,13 +61,16 @@ def _variant(spec: CaseSpec, name: str) -> CaseSpec:
 
 
 MIXED_KERNEL_CASES = [
-    *STANDARD,
-    DECODE_PADDED,
+    *(_bucketed(spec) for spec in (*STANDARD, DECODE_PADDED)),
+    *(_bucketed(random_spec(seed)) for seed in range(4)),
     *(_variant(MIXED, name) for name in VARIANTS),
     _variant(_STANDARD["chunked_prefill"], "window"),
     CaseSpec("long_prefill_gqa1", cached=(20, 0), new=(70, 5), num_heads=2, num_kv_heads=2, pad_tokens=2),
 ]
-DECODE_KERNEL_CASES = [DECODE, DECODE_PADDED, *(_variant(DECODE, name) for name in VARIANTS)]
+DECODE_KERNEL_CASES = [
+    *(_bucketed(spec) for spec in (DECODE, DECODE_PADDED)),
+    *(_variant(DECODE, name) for name in VARIANTS),
+]
 
 
 def _donatable_args(case: RaggedCase) -> list[np.ndarray]:
@@ -97,7 +110,7 @@ def test_decode_kernel_matches_dense_oracle(spec: CaseSpec):
 @pytest.mark.parametrize("decode_only", [False, True])
 def test_batch_composition_changes_do_not_recompile(decode_only: bool):
     """Fewer live sequences (num_seqs) with the same shapes reuse the compiled step and pad correctly."""
-    case = make_case(DECODE_PADDED)
+    case = make_case(_bucketed(DECODE_PADDED))
     _run(case, decode_only=decode_only)
     compiled = gpu.ragged_paged_attention._cache_size()
     fewer = dataclasses.replace(case, num_seqs=np.array([2], np.int32))
@@ -106,7 +119,7 @@ def test_batch_composition_changes_do_not_recompile(decode_only: bool):
 
 
 def test_api_dispatches_to_gpu_backend():
-    case = make_case(_STANDARD["padded"], seed=7)
+    case = make_case(_bucketed(_STANDARD["padded"]), seed=7)
     want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
     out, cache = api_ragged_paged_attention(
         *_donatable_args(case), **case.kwargs(), backend="gpu", interpret=INTERPRET
