@@ -68,7 +68,7 @@ BROKEN: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "missing-path": (missing, "no such file"),
     "unsupported-model-type": (unsupported_model_type, "mamba"),
     "truncated-safetensors": (truncated_safetensors, "truncated"),
-    "truncated-gguf": (truncated_gguf, ""),
+    "truncated-gguf": (truncated_gguf, "truncated"),
     "config-weights-shape-mismatch": (shape_mismatch, "shape"),
     "orbax-config-params-mismatch": (orbax_shape_mismatch, "do not match"),
 }
