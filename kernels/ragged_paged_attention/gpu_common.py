@@ -1,8 +1,8 @@
 """Flash-attention math shared by the GPU decode and prefill kernels.
 
-Both kernels walk a sequence's page table one page at a time and fold each page into a running
-(accumulator, row max, row sum) triple. Keeping that step in one place means the two kernels differ
-only in which rows they own and which keys they may see.
+Both kernels walk a sequence's page table one KV tile (a few pages) at a time and fold each tile
+into a running (accumulator, row max, row sum) triple. Keeping that step in one place means the two
+kernels differ only in which rows they own and which keys they may see.
 
 Everything here runs inside a Pallas kernel body, so it sticks to what the Triton lowering accepts:
 2-D power-of-two tiles, `dot_general` with float32 accumulation, element-wise math and row reductions.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 Carry = tuple[jax.Array, jax.Array, jax.Array]
@@ -24,6 +25,7 @@ TRITON_PARAMS = pl_triton.CompilerParams(num_warps=4, num_stages=2)
 # Finite start value for the running max: a row whose keys are all masked then yields
 # exp(-inf - m) = 0 everywhere instead of the NaN that exp(-inf - -inf) would give.
 _M_INIT = float(jnp.finfo(jnp.float32).min)
+KV_TILE_TOKENS = 64
 
 
 def initial_carry(rows: int, head_dim: int) -> Carry:
@@ -35,9 +37,29 @@ def initial_carry(rows: int, head_dim: int) -> Carry:
     )
 
 
-def load_page(kv_ref, page: jax.Array, kv_head: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """K and V ([page_size, D] each) of one KV head in one page; the cache interleaves k0, v0, k1, ..."""
-    return kv_ref[page, :, 2 * kv_head, :], kv_ref[page, :, 2 * kv_head + 1, :]
+def pages_per_tile(page_size: int) -> int:
+    """Pages fetched per KV tile: small pages are batched so every matmul sees >= KV_TILE_TOKENS keys."""
+    return max(1, KV_TILE_TOKENS // page_size)
+
+
+def pad_page_table(page_indices: jax.Array, tile_pages: int) -> jax.Array:
+    """Pad each row to whole tiles with the null page 0, whose keys always fall past kv_len and are masked."""
+    return jnp.pad(page_indices, ((0, 0), (0, -page_indices.shape[1] % tile_pages)))
+
+
+def load_kv_tile(
+    kv_ref, page_indices_ref, seq: jax.Array, tile: jax.Array, kv_head: jax.Array, tile_pages: int
+) -> tuple[jax.Array, jax.Array]:
+    """K and V ([tile_pages * page_size, D] each) of one KV head for keys of tile `tile` of sequence `seq`.
+
+    The pages are gathered by index from the page table; the cache interleaves heads k0, v0, k1, ...
+    """
+    pages = page_indices_ref[seq, pl.ds(tile * tile_pages, tile_pages)]
+    _, page_size, _, head_dim = kv_ref.shape
+    tile_tokens = tile_pages * page_size
+    k = kv_ref[pages, :, 2 * kv_head, :].reshape(tile_tokens, head_dim)
+    v = kv_ref[pages, :, 2 * kv_head + 1, :].reshape(tile_tokens, head_dim)
+    return k, v
 
 
 def _dot(a: jax.Array, b: jax.Array, contract_b: int) -> jax.Array:
@@ -51,7 +73,7 @@ def _dot(a: jax.Array, b: jax.Array, contract_b: int) -> jax.Array:
     )
 
 
-def attend_page(
+def attend_tile(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -61,9 +83,9 @@ def attend_page(
     sm_scale: float,
     soft_cap: float | None,
 ) -> Carry:
-    """Fold one page of keys into the online-softmax state of the query rows `q` ([rows, D]).
+    """Fold one tile of keys into the online-softmax state of the query rows `q` ([rows, D]).
 
-    `mask` ([rows, page_size]) says which (query, key) pairs may attend.
+    `mask` ([rows, tile_tokens]) says which (query, key) pairs may attend.
     """
     acc, m_prev, l_prev = carry
     scores = _dot(q, k, contract_b=1) * sm_scale

@@ -8,8 +8,9 @@ before the kernel, which reads them as scalars.
 
 Queries are laid out per KV head as [Hkv, T * group_pad, D] (token-major, the `group` query heads of
 one KV head padded to a power of two), so a block's rows are one contiguous [block_q * group_pad, D]
-tile that hits each KV page with a single matmul. A program walks its sequence's pages from the
-sliding window's start to the causal limit of its last row with an online softmax, then stores only
+tile that hits each KV tile (a few pages gathered by index) with a single matmul. A program walks
+its sequence's KV tiles from the sliding window's start to the causal limit of its last row with an
+online softmax, then stores only
 its own rows (masked store): the tile's tail may belong to the next sequence. Decode rows are just
 one-token blocks, so this kernel serves any batch composition.
 """
@@ -27,10 +28,12 @@ from jax.experimental.pallas import triton as pl_triton
 
 from tpuserve.kernels.ragged_paged_attention.gpu_common import (
     TRITON_PARAMS,
-    attend_page,
+    attend_tile,
     initial_carry,
-    load_page,
+    load_kv_tile,
     normalize,
+    pad_page_table,
+    pages_per_tile,
 )
 
 TILE_ROWS = 64
@@ -77,34 +80,36 @@ def _prefill_kernel(
     *,
     rows: int,
     group_pad: int,
+    tile_pages: int,
     sm_scale: float,
     sliding_window: int | None,
     soft_cap: float | None,
 ):
     block, kv_head = pl.program_id(0), pl.program_id(1)
     head_dim = q_ref.shape[1]
-    page_size = kv_ref.shape[1]
+    tile_tokens = tile_pages * kv_ref.shape[1]
     seq, first_pos, count = seq_ref[block], first_pos_ref[block], count_ref[block]
-    tile = pl.ds(first_row_ref[block] * group_pad, rows)
-    token = lax.broadcasted_iota(jnp.int32, (rows, page_size), 0) // group_pad
+    my_rows = pl.ds(first_row_ref[block] * group_pad, rows)
+    token = lax.broadcasted_iota(jnp.int32, (rows, tile_tokens), 0) // group_pad
     query_pos = first_pos + token
     row_live = token < count
-    first_page = 0 if sliding_window is None else jnp.maximum(first_pos - sliding_window + 1, 0) // page_size
-    end_page = jnp.where(count > 0, (first_pos + count - 1) // page_size + 1, 0)
-    q = q_ref[tile, :]
+    window_start = 0 if sliding_window is None else jnp.maximum(first_pos - sliding_window + 1, 0)
+    first_tile = window_start // tile_tokens
+    end_tile = jnp.where(count > 0, (first_pos + count - 1) // tile_tokens + 1, 0)
+    q = q_ref[my_rows, :]
 
-    def body(p, carry):
-        k, v = load_page(kv_ref, page_indices_ref[seq, p], kv_head)
-        key_pos = p * page_size + lax.broadcasted_iota(jnp.int32, (rows, page_size), 1)
+    def body(tile, carry):
+        k, v = load_kv_tile(kv_ref, page_indices_ref, seq, tile, kv_head, tile_pages)
+        key_pos = tile * tile_tokens + lax.broadcasted_iota(jnp.int32, (rows, tile_tokens), 1)
         mask = row_live & (key_pos <= query_pos)
         if sliding_window is not None:
             mask &= query_pos - key_pos < sliding_window
-        return attend_page(q, k, v, mask, carry, sm_scale=sm_scale, soft_cap=soft_cap)
+        return attend_tile(q, k, v, mask, carry, sm_scale=sm_scale, soft_cap=soft_cap)
 
-    acc, _, row_sum = lax.fori_loop(first_page, end_page, body, initial_carry(rows, head_dim))
+    acc, _, row_sum = lax.fori_loop(first_tile, end_tile, body, initial_carry(rows, head_dim))
     out = normalize(acc, row_sum).astype(o_ref.dtype)
     store_mask = lax.broadcasted_iota(jnp.int32, (rows, head_dim), 0) // group_pad < count
-    pl_triton.store(o_ref.at[tile, :], out, mask=store_mask)
+    pl_triton.store(o_ref.at[my_rows, :], out, mask=store_mask)
 
 
 def prefill_attention(
@@ -133,6 +138,7 @@ def prefill_attention(
     block_q = max(1, TILE_ROWS // group_pad)
     rows = block_q * group_pad
     plan = plan_query_blocks(cu_q_lens, seq_lens, num_tokens, block_q)
+    tile_pages = pages_per_tile(kv_cache.shape[1])
 
     # block_q spare token rows keep every tile slice in bounds, also for a sequence's last block.
     padded_tokens = num_tokens + block_q
@@ -144,6 +150,7 @@ def prefill_attention(
         _prefill_kernel,
         rows=rows,
         group_pad=group_pad,
+        tile_pages=tile_pages,
         sm_scale=sm_scale,
         sliding_window=sliding_window,
         soft_cap=soft_cap,
@@ -158,7 +165,7 @@ def prefill_attention(
         interpret=interpret,
         compiler_params=TRITON_PARAMS,
         name="rpa_gpu_prefill",
-    )(*plan, q_heads, kv_cache, page_indices)
+    )(*plan, q_heads, kv_cache, pad_page_table(page_indices, tile_pages))
 
     out = out.reshape(num_kv_heads, padded_tokens, group_pad, head_dim)[:, :num_tokens, :group]
     out = out.transpose(1, 0, 2, 3).reshape(num_tokens, num_q_heads, head_dim)
