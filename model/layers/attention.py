@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tpuserve.model.layers.linear import Linear
+from tpuserve.model.layers.linear import PRECISION, Linear
 from tpuserve.model.layers.norm import RMSNorm
 from tpuserve.model.layers.rope import RopeSpec, apply_rope
 
@@ -77,7 +77,8 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpe
     batch, length, num_heads, head_dim = q.shape
     groups = num_heads // k.shape[-2]
     q = q.reshape(batch, length, k.shape[-2], groups, head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * spec.sm_scale
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, precision=PRECISION, preferred_element_type=jnp.float32)
+    scores = scores * spec.sm_scale
     if spec.soft_cap is not None:
         scores = spec.soft_cap * jnp.tanh(scores / spec.soft_cap)
     query, key = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
@@ -86,5 +87,6 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpe
         visible &= query - key < spec.sliding_window
     scores = jnp.where(visible, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32), preferred_element_type=jnp.float32)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32), precision=PRECISION,
+                     preferred_element_type=jnp.float32)
     return out.reshape(batch, length, num_heads, head_dim)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tpuserve.model.layers.linear import PRECISION
+
 
 class Embed(nnx.Module):
     """Looks up `[vocab, hidden]` rows; Gemma scales by sqrt(hidden) rounded to the table dtype, like HF."""
@@ -27,4 +29,5 @@ class Embed(nnx.Module):
     def attend(self, hidden: jax.Array) -> jax.Array:
         """Tied LM head: `hidden @ table.T` with float32 accumulation."""
         table = self.embedding[...]
-        return jnp.dot(hidden.astype(table.dtype), table.T, preferred_element_type=jnp.float32)
+        return jnp.dot(hidden.astype(table.dtype), table.T, precision=PRECISION,
+                       preferred_element_type=jnp.float32)

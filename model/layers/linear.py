@@ -6,6 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# float32 operands get float32 math on every backend: GPUs default to TF32 and TPUs to bfloat16 passes, which
+# would make the float32 model a poor oracle. bfloat16 operands are unaffected.
+PRECISION = jax.lax.Precision.HIGHEST
+
 
 class Linear(nnx.Module):
     """`x @ kernel (+ bias)` in the parameter dtype with float32 accumulation, returning float32."""
@@ -17,7 +21,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
-        y = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
+        y = jnp.dot(x.astype(kernel.dtype), kernel, precision=PRECISION, preferred_element_type=jnp.float32)
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y
