@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """One layer's attention options; the first three are `ragged_paged_attention`'s keyword arguments."""
+    """One layer's attention options; `kernel_kwargs()` gives those `ragged_paged_attention` takes."""
 
     sm_scale: float
     rope: RopeSpec

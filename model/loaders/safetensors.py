@@ -89,8 +89,8 @@ def iter_file(path: Path) -> Iterator[tuple[str, np.ndarray]]:
             offsets = _bf16_offsets(path)  # safe_open has validated the header already
             for name in names:
                 yield name, (_read_bf16(path, *offsets[name]) if name in offsets else file.get_tensor(name))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ModelLoadError(path, f"corrupt or truncated safetensors file ({err})") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as err:  # TypeError: a dtype numpy lacks
+        raise ModelLoadError(path, f"unreadable safetensors file, corrupt or truncated ({err})") from None
 
 
 def _bf16_offsets(path: Path) -> dict[str, tuple[int, tuple[int, ...]]]:

@@ -99,7 +99,7 @@ def test_unsupported_model_type(checkpoint: Path) -> None:
 def test_truncated_safetensors(checkpoint: Path) -> None:
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    assert load_error(checkpoint).startswith(f"{weights}: corrupt or truncated safetensors file")
+    assert load_error(checkpoint).startswith(f"{weights}: unreadable safetensors file, corrupt or truncated")
 
 
 def test_missing_shard(hf_model: transformers.LlamaForCausalLM, tmp_path: Path) -> None:
