@@ -56,8 +56,8 @@ def main() -> int:
             q_lens, kv_lens = [1] * batch, [context] * batch
             num_bytes = bench.bytes_moved(LLAMA3_8B, q_lens, kv_lens)
             for name, attention in attention_variants().items():
-                seconds = bench.time_call(attention, bench.make_batch(LLAMA3_8B, q_lens, kv_lens), reps)
-                row = bench.table_row(f"{name} b={batch} ctx={context}", seconds, num_bytes, bandwidth)
+                timing = bench.time_call(attention, bench.make_batch(LLAMA3_8B, q_lens, kv_lens), reps)
+                row = bench.table_row(f"{name} b={batch} ctx={context}", timing, num_bytes, bandwidth)
                 print(row, flush=True)
     return status
 
