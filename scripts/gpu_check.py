@@ -1,6 +1,7 @@
 """One-shot GPU check: native Pallas-Triton parity tests, then decode attention timed against its floor.
 
-Usage (on a GPU machine, from the repository root): .venv/bin/python scripts/gpu_check.py [--reps 10]
+Usage (GPU machine, repository root): python scripts/gpu_check.py [--reps 10]; on a bare CUDA image with jax,
+first `python -m pip install --no-deps --no-build-isolation -e .` so `tpuserve.kernels` imports.
 Step 1 runs tests/kernels/test_gpu.py with `TPUSERVE_KERNEL_INTERPRET=0` (compiled kernels, not the
 interpreter). Step 2 times decode (batch 64/256, context 1k/4k, Hq=32, Hkv=8, D=128, bf16, page 16) for the
 gpu backend, its `decode_only` fast path when it has one, and the XLA reference on the same GPU, against
