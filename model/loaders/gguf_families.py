@@ -106,13 +106,15 @@ FAMILIES: dict[str, Family] = {
 
 
 def hf_name(gguf_name: str, family: Family) -> str:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; unknown tensors are an error, not
+    silently dropped (e.g. llama 3.1's `rope_freqs`, whose rope scaling we would otherwise lose)."""
     match = _TENSOR_NAME.fullmatch(gguf_name)
-    part = match and match["part"]
-    names = _GLOBAL_NAMES if match and match["layer"] is None else family.layer_names
-    if part not in names:
+    layer = match["layer"] if match else None
+    names = _GLOBAL_NAMES if layer is None else family.layer_names
+    if match is None or match["part"] not in names:
         raise ValueError(f"tensor {gguf_name} has no Hugging Face equivalent for {family.model_type}")
-    prefix = "" if match["layer"] is None else f"model.layers.{match['layer']}."
-    return f"{prefix}{names[part]}.{match['kind']}"
+    prefix = "" if layer is None else f"model.layers.{layer}."
+    return f"{prefix}{names[match['part']]}.{match['kind']}"
 
 
 def hf_config(reader: GGUFReader, architecture: str, family: Family) -> dict[str, Any]:

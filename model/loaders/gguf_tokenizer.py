@@ -19,6 +19,10 @@ from tpuserve.model.loaders.gguf import GGUFCheckpoint
 from tpuserve.model.loaders.gguf_metadata import metadata, open_gguf
 
 _BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+# StarCoder-lineage vocabularies (SmolLM) cut every digit apart before GPT-2's split.
+_DIGITS_THEN_BYTE_LEVEL = pre_tokenizers.Sequence(
+    [pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]
+)
 
 
 def _split_then_bytes(pattern: str) -> pre_tokenizers.PreTokenizer:
@@ -37,13 +41,13 @@ _LLAMA3_SPLIT = (
 )
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
-# `tokenizer.ggml.pre` -> how text is cut before BPE, as in llama.cpp's `llama-vocab.cpp`.
+# `tokenizer.ggml.pre` -> how text is cut before BPE, as in llama.cpp's `llama-vocab.cpp`. A file without
+# the key gets GPT-2's split, as in transformers (llama.cpp's "default" regex differs slightly).
 _PRE_TOKENIZERS: dict[str, pre_tokenizers.PreTokenizer] = {
     "default": _BYTE_LEVEL,
     "gpt-2": _BYTE_LEVEL,
-    # StarCoder-lineage vocabularies (SmolLM) split every digit on its own first.
-    "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
-    "starcoder": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _BYTE_LEVEL]),
+    "smollm": _DIGITS_THEN_BYTE_LEVEL,
+    "starcoder": _DIGITS_THEN_BYTE_LEVEL,
     "llama-bpe": _split_then_bytes(_LLAMA3_SPLIT),
     "qwen2": _split_then_bytes(_QWEN2_SPLIT),
 }
@@ -61,7 +65,7 @@ def gguf_tokenizer(source: str | os.PathLike[str] | GGUFCheckpoint) -> PreTraine
         reader = open_gguf(path)
     try:
         return _build(reader)
-    except (KeyError, ValueError) as error:
+    except (KeyError, IndexError, ValueError) as error:
         raise ModelLoadError(path, str(error).strip("'\"")) from None
 
 
