@@ -1,0 +1,47 @@
+"""Shared SmolLM2 engine fixtures and the dense-forward greedy oracle for engine tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tpuserve.model import LoadedModel
+from tpuserve.serving import LLM, RequestOutput
+
+PAD_MULTIPLE = 128  # the dense oracle pads to this, so few lengths compile
+
+
+def make_llm(loaded: LoadedModel, **overrides: object) -> LLM:
+    """A small-bucket engine: max 16 sequences, 128-token steps, 768-token context."""
+    kwargs = {"max_model_len": 768, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16,
+              "num_pages": 400, "use_tqdm": False}
+    kwargs.update(overrides)
+    return LLM(loaded, **kwargs)
+
+
+def dense_logprobs(loaded: LoadedModel, token_ids: list[int]) -> np.ndarray:
+    """float32 log-softmax `[len, vocab]` of the dense forward (right-padded, which changes nothing)."""
+    length = len(token_ids)
+    padded = np.zeros(-(-length // PAD_MULTIPLE) * PAD_MULTIPLE, np.int32)
+    padded[:length] = token_ids
+    logits = _dense(loaded.model, jnp.asarray(padded[None]))[0, :length]
+    return np.asarray(jax.nn.log_softmax(logits, axis=-1))
+
+
+@nnx.jit
+def _dense(model, token_ids):
+    return model(token_ids)
+
+
+def assert_dense_greedy(loaded: LoadedModel, output: RequestOutput) -> None:
+    """The generated tokens are the dense forward's greedy choices at every step.
+
+    Teacher forcing: one dense pass over prompt + output; the argmax after each prefix must be the next
+    generated token. By induction this is exactly step-by-step greedy decoding.
+    """
+    prompt, generated = output.prompt_token_ids, output.outputs[0].token_ids
+    logprobs = dense_logprobs(loaded, prompt + generated[:-1])
+    expected = np.argmax(logprobs[len(prompt) - 1 :], axis=-1).tolist()
+    assert generated == expected, f"request {output.request_id}: {generated} != dense greedy {expected}"
