@@ -166,11 +166,12 @@ def _attention_kernel(
         mask = (row_token >= q_start) & (row_token < q_end) & (kv_pos <= q_pos)
         if sliding_window is not None:
             mask &= q_pos - kv_pos < sliding_window
-        # Slots past kv_len hold stale or uninitialised VMEM (maybe NaN): zero them so 0 * NaN never happens.
-        kv_valid = (blk * kv_block + lax.broadcasted_iota(jnp.int32, (kv_block, 1), 0)) < kv_len
+        # Slots past kv_len hold stale or uninitialised VMEM (maybe NaN). Their scores are replaced by the
+        # mask, but V must be zeroed: probability 0 times NaN is still NaN in the PV matmul.
+        v_valid = (blk * kv_block + lax.broadcasted_iota(jnp.int32, (kv_block, 1), 0)) < kv_len
         for h in range(num_kv_heads):
-            k = jnp.where(kv_valid, kv_buf[slot, :, :, 2 * h, :].reshape(kv_block, head_dim), 0)
-            v = jnp.where(kv_valid, kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim), 0)
+            k = kv_buf[slot, :, :, 2 * h, :].reshape(kv_block, head_dim)
+            v = jnp.where(v_valid, kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim), 0)
             q = q_ref[:, h * group : (h + 1) * group, :].reshape(rows, head_dim)
             scores = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
             scores *= sm_scale
