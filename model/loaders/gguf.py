@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGUFReader, ReaderTensor
 
 from tpuserve.model.errors import ModelLoadError
 from tpuserve.model.loaders import gguf_families
 from tpuserve.model.loaders.gguf_families import FAMILIES, Family, hf_name
 from tpuserve.model.loaders.gguf_metadata import metadata, open_gguf
 from tpuserve.model.loaders.gguf_quants import SUPPORTED_TYPES, dequantize_tensor
+from tpuserve.model.loaders.gguf_rope import ROPE_FREQS
 
 
 @dataclass
@@ -36,7 +37,7 @@ class GGUFCheckpoint:
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """(HF name, float32 array in HF layout), dequantized lazily so only one tensor is held at a time."""
-        for tensor in self.reader.tensors:
+        for tensor in _weights(self.reader):
             name = hf_name(tensor.name, self._family)
             yield name, self._undo_conversion(name, dequantize_tensor(tensor))
 
@@ -49,6 +50,11 @@ class GGUFCheckpoint:
         if family.norm_offset and name.endswith("norm.weight"):
             return weight - np.float32(family.norm_offset)
         return weight
+
+
+def _weights(reader: GGUFReader) -> list[ReaderTensor]:
+    """The model's parameters: `rope_freqs` is RoPE configuration, folded into `hf_config["rope_scaling"]`."""
+    return [tensor for tensor in reader.tensors if tensor.name != ROPE_FREQS]
 
 
 def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -75,7 +81,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
     if unsupported:
         raise ModelLoadError(path, f"unsupported GGUF quantization type(s) {', '.join(unsupported)}")
     try:
-        for tensor in reader.tensors:
+        for tensor in _weights(reader):
             hf_name(tensor.name, family)
         hf_config = gguf_families.hf_config(reader, architecture, family)
     except (KeyError, ValueError) as error:

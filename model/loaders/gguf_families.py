@@ -13,7 +13,8 @@ from typing import Any
 from gguf import GGUFReader
 
 from tpuserve.model.loaders.gguf_metadata import NO_DEFAULT, metadata
-from tpuserve.model.loaders.gguf_quants import hf_shape
+from tpuserve.model.loaders.gguf_quants import dequantize_tensor, hf_shape
+from tpuserve.model.loaders.gguf_rope import ROPE_FREQS, rope_scaling_from_factors
 
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -106,8 +107,8 @@ FAMILIES: dict[str, Family] = {
 
 
 def hf_name(gguf_name: str, family: Family) -> str:
-    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; unknown tensors are an error, not
-    silently dropped (e.g. llama 3.1's `rope_freqs`, whose rope scaling we would otherwise lose)."""
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; an unknown tensor is an error, not
+    silently dropped, since it may carry something the model needs."""
     match = _TENSOR_NAME.fullmatch(gguf_name)
     layer = match["layer"] if match else None
     names = _GLOBAL_NAMES if layer is None else family.layer_names
@@ -153,6 +154,10 @@ def hf_config(reader: GGUFReader, architecture: str, family: Family) -> dict[str
             "factor": arch("rope.scaling.factor"),
             "original_max_position_embeddings": arch("rope.scaling.original_context_length", None),
         }
+    if ROPE_FREQS in tensors:
+        rotary_dim = arch("rope.dimension_count", config["head_dim"])
+        factors = dequantize_tensor(tensors[ROPE_FREQS])
+        config["rope_scaling"] = rope_scaling_from_factors(factors, config["rope_theta"], rotary_dim)
     return config
 
 

@@ -7,6 +7,7 @@ back: every tensor must come back bit-exact under its HF name, and the config mu
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -24,13 +25,19 @@ TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num
         "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 97, "max_position_embeddings": 256,
         "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2}
 GEMMA = {"sliding_window": 8, "query_pre_attn_scalar": 16}  # llama.cpp scales queries by head_dim
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+# case -> (GGUF architecture, HF config class, HF model class, config overrides)
+LLAMA = (transformers.LlamaConfig, transformers.LlamaForCausalLM)
 CASES = {
-    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {"tie_word_embeddings": False}),
-    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {"tie_word_embeddings": True}),
-    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"tie_word_embeddings": True}),
-    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+    "llama": ("llama", *LLAMA, {"tie_word_embeddings": False}),
+    "llama3-rope": ("llama", *LLAMA, {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE}),
+    "qwen2": ("qwen2", transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              {"tie_word_embeddings": True}),
+    "qwen3": ("qwen3", transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {}),
+    "gemma2": ("gemma2", transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
                {**GEMMA, "attn_logit_softcapping": 40.0, "final_logit_softcapping": 20.0}),
-    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, GEMMA),
+    "gemma3": ("gemma3", transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, GEMMA),
 }
 
 
@@ -38,6 +45,24 @@ def converter_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """`LlamaModel.permute` from convert_hf_to_gguf.py: each head's rows (2, d/2) -> (d/2, 2)."""
     per_head = weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
     return per_head.swapaxes(1, 2).reshape(weight.shape)
+
+
+def converter_rope_factors(config: transformers.PretrainedConfig) -> np.ndarray:
+    """`LlamaModel.generate_extra_tensors` from convert_hf_to_gguf.py: Llama 3 scaling as `rope_freqs`."""
+    rope = config.rope_parameters
+    dim, context = config.head_dim, rope["original_max_position_embeddings"]
+    low, high, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
+    factors = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * rope["rope_theta"] ** (i / dim)
+        if wavelen < context / high:
+            factors.append(1.0)
+        elif wavelen > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
 
 
 def write_like_llama_cpp(model: transformers.PreTrainedModel, arch: str, path: Path) -> None:
@@ -61,6 +86,8 @@ def write_like_llama_cpp(model: transformers.PreTrainedModel, arch: str, path: P
     if arch == "gemma2":
         writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
         writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    if rope.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", converter_rope_factors(config))
 
     (model_arch,) = [key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch]
     names = gguf.get_tensor_name_map(model_arch, config.num_hidden_layers)
@@ -83,12 +110,12 @@ def write_like_llama_cpp(model: transformers.PreTrainedModel, arch: str, path: P
 
 @pytest.fixture(scope="module", params=list(CASES))
 def converted(request, tmp_path_factory) -> tuple[transformers.PreTrainedModel, Path]:
-    config_cls, model_cls, extra = CASES[request.param]
+    arch, config_cls, model_cls, extra = CASES[request.param]
     model = model_cls(config_cls(**TINY, **extra))
     for tensor in model.state_dict().values():  # HF inits norms to exactly 0 or 1: make every value distinct
         tensor.data.normal_()
     path = tmp_path_factory.mktemp(request.param) / "model.gguf"
-    write_like_llama_cpp(model, request.param, path)
+    write_like_llama_cpp(model, arch, path)
     return model, path
 
 
@@ -188,10 +215,17 @@ def test_unsupported_quantization(small_gguf, tmp_path):
 
 
 def test_unknown_tensor(small_gguf, tmp_path):
-    rope_freqs = np.random.default_rng().random(8, dtype=np.float32)
-    extra = ("rope_freqs.weight", rope_freqs, GGMLQuantizationType.F32)
+    weight = np.random.default_rng().random(8, dtype=np.float32)
+    extra = ("blk.1.attn_extra.weight", weight, GGMLQuantizationType.F32)
+    path = _rewrite(small_gguf, tmp_path / "extra.gguf", extra=extra)
+    assert "blk.1.attn_extra.weight has no Hugging Face equivalent" in _error(path)
+
+
+def test_rope_freqs_that_are_not_llama3_scaling(small_gguf, tmp_path):
+    factors = np.random.default_rng().uniform(1, 8, size=TINY["head_dim"] // 2).astype(np.float32)
+    extra = ("rope_freqs.weight", factors, GGMLQuantizationType.F32)
     path = _rewrite(small_gguf, tmp_path / "rope.gguf", extra=extra)
-    assert "rope_freqs.weight has no Hugging Face equivalent" in _error(path)
+    assert "rope_freqs.weight is not Llama 3 rope scaling" in _error(path)
 
 
 def test_copied_file_still_loads(small_gguf, tmp_path):
