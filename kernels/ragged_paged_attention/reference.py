@@ -107,7 +107,9 @@ def _attend_group(
     q_blk = q_blk.reshape(*q_rows.shape, num_kv_heads, num_heads // num_kv_heads, head_dim)
     q_pos = items.first_pos[:, None] + offsets
 
-    kv_start = jnp.maximum(items.first_pos - sliding_window + 1, 0) if sliding_window else 0 * items.first_pos
+    kv_start = jnp.zeros_like(items.first_pos)
+    if sliding_window:
+        kv_start = jnp.maximum(items.first_pos - sliding_window + 1, 0)
     first_block = kv_start // kv_block
     last_block = (items.first_pos + items.rows - 1) // kv_block
     num_blocks = jnp.where(items.rows > 0, last_block - first_block + 1, 0)
