@@ -90,6 +90,33 @@ def _write_new_kv(new_kv: jax.Array, kv_cache: jax.Array, slots: jax.Array, inte
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _fold_kv_block(
+    q: jax.Array,  # [rows, D]: q_block tokens x the query heads of one KV head
+    k: jax.Array,  # [kv_block, D]
+    v: jax.Array,  # [kv_block, D], zero past kv_len
+    mask: jax.Array,  # bool[rows, kv_block]: which (query, key) pairs attend
+    m_ref,  # f32[rows, 1] running max
+    l_ref,  # f32[rows, 1] running denominator
+    acc_ref,  # f32[rows, D] running numerator
+    *,
+    sm_scale: float,
+    soft_cap: float | None,
+) -> None:
+    """One online-softmax step: fold a KV block into one KV head's running state (float32)."""
+    scores = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32) * sm_scale
+    if soft_cap is not None:
+        scores = soft_cap * jnp.tanh(scores / soft_cap)
+    scores = jnp.where(mask, scores, MASK_VALUE)
+    m_prev = m_ref[...]
+    m_next = jnp.maximum(m_prev, scores.max(axis=1, keepdims=True))
+    probs = jnp.where(mask, jnp.exp(scores - m_next), 0.0)  # Fully masked rows add nothing.
+    alpha = jnp.exp(m_prev - m_next)
+    m_ref[...] = m_next
+    l_ref[...] = alpha * l_ref[...] + probs.sum(axis=1, keepdims=True)
+    pv = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    acc_ref[...] = alpha * acc_ref[...] + pv
+
+
 def _attention_kernel(
     # Scalar prefetch (SMEM).
     kv_lens_ref,  # i32[S]
@@ -113,6 +140,7 @@ def _attention_kernel(
     soft_cap: float | None,
     pages_per_seq: int,
 ) -> None:
+    """Attention for one block of q_block tokens: walk the (sequence, KV block) pairs they need."""
     q_block, num_q_heads, head_dim = q_ref.shape
     _, pages_per_block, page_size, _, _ = kv_buf.shape
     num_kv_heads, rows, _ = acc_ref.shape
@@ -170,22 +198,17 @@ def _attention_kernel(
         # mask, but V must be zeroed: probability 0 times NaN is still NaN in the PV matmul.
         v_valid = (blk * kv_block + lax.broadcasted_iota(jnp.int32, (kv_block, 1), 0)) < kv_len
         for h in range(num_kv_heads):
-            k = kv_buf[slot, :, :, 2 * h, :].reshape(kv_block, head_dim)
-            v = jnp.where(v_valid, kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim), 0)
-            q = q_ref[:, h * group : (h + 1) * group, :].reshape(rows, head_dim)
-            scores = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-            scores *= sm_scale
-            if soft_cap is not None:
-                scores = soft_cap * jnp.tanh(scores / soft_cap)
-            scores = jnp.where(mask, scores, MASK_VALUE)
-            m_prev = m_ref[h]
-            m_next = jnp.maximum(m_prev, scores.max(axis=1, keepdims=True))
-            probs = jnp.where(mask, jnp.exp(scores - m_next), 0.0)
-            alpha = jnp.exp(m_prev - m_next)
-            m_ref[h] = m_next
-            l_ref[h] = alpha * l_ref[h] + probs.sum(axis=1, keepdims=True)
-            pv = jnp.dot(probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-            acc_ref[h] = alpha * acc_ref[h] + pv
+            _fold_kv_block(
+                q_ref[:, h * group : (h + 1) * group, :].reshape(rows, head_dim),
+                kv_buf[slot, :, :, 2 * h, :].reshape(kv_block, head_dim),
+                jnp.where(v_valid, kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim), 0),
+                mask,
+                m_ref.at[h],
+                l_ref.at[h],
+                acc_ref.at[h],
+                sm_scale=sm_scale,
+                soft_cap=soft_cap,
+            )
 
     def next_item(s, blk):
         """The (sequence, KV block) after (s, blk) in this q block's walk."""
