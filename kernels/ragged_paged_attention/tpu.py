@@ -17,6 +17,10 @@ One jitted call does two `pallas_call`s:
 
 Every DMA source/destination is a plain `.at[...]` slice of a ref (never a reshaped ref), so the kernels
 also run on CPU under TPU interpret mode (`interpret=True`), which is how the tests exercise them.
+
+Known costs, left for a TPU-tuned revision: a q block's matmuls span all its rows even when one sequence owns
+only a few of them (decode: one token per sequence), and each grid step's first KV block is fetched without
+overlap because prefetch does not cross grid steps (that is what keeps the steps independent).
 """
 
 from __future__ import annotations
