@@ -1,18 +1,21 @@
 """Build a Hugging Face fast tokenizer from a GGUF file's metadata, without torch.
 
 transformers can do this too, but its GGUF path imports torch, which tpuserve does not ship. A GGUF
-stores the vocabulary, merges, token types and special ids; we assemble the same `tokenizers.Tokenizer`
-llama.cpp would run and wrap it in `PreTrainedTokenizerFast` with the chat template attached.
+stores the vocabulary, merges or scores, token types and special ids; we assemble the same
+`tokenizers.Tokenizer` llama.cpp would run (byte-level BPE or SentencePiece BPE) and wrap it in
+`PreTrainedTokenizerFast` with the chat template attached.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from gguf import GGUFReader, TokenType
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import generate_merges
 
 from tpuserve.model.errors import ModelLoadError
 from tpuserve.model.loaders.gguf import GGUFCheckpoint
@@ -71,12 +74,10 @@ def gguf_tokenizer(source: str | os.PathLike[str] | GGUFCheckpoint) -> PreTraine
 
 def _build(reader: GGUFReader) -> PreTrainedTokenizerFast:
     kind = metadata(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: 'gpt2' byte-level BPE)")
+    if kind not in _BACKENDS:
+        raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: {', '.join(_BACKENDS)})")
     tokens: list[str] = metadata(reader, "tokenizer.ggml.tokens")
-    backend = Tokenizer(_byte_level_bpe(reader, tokens))
-    backend.pre_tokenizer = _pre_tokenizer(metadata(reader, "tokenizer.ggml.pre", "default"))
-    backend.decoder = decoders.ByteLevel()
+    backend = _BACKENDS[kind](reader, tokens)
     _register_added_tokens(backend, tokens, metadata(reader, "tokenizer.ggml.token_type"))
 
     def special(key: str) -> str | None:
@@ -84,7 +85,8 @@ def _build(reader: GGUFReader) -> PreTrainedTokenizerFast:
         return None if token_id is None else tokens[token_id]
 
     bos = special("bos")
-    add_bos = bool(metadata(reader, "tokenizer.ggml.add_bos_token", False))
+    # llama.cpp adds BOS to SentencePiece vocabularies unless the file says otherwise.
+    add_bos = bool(metadata(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
     if add_bos and bos is not None:
         backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))]
@@ -100,11 +102,37 @@ def _build(reader: GGUFReader) -> PreTrainedTokenizerFast:
     )
 
 
-def _byte_level_bpe(reader: GGUFReader, tokens: list[str]) -> models.BPE:
-    """GGUF keeps GPT-2's byte-to-unicode spelling of tokens and merges as "left right" strings."""
+def _byte_level_bpe(reader: GGUFReader, tokens: list[str]) -> Tokenizer:
+    """GPT-2 style: tokens and merges ("left right") spelled in GPT-2's byte-to-unicode alphabet."""
     merges = [tuple(merge.split(" ", 1)) for merge in metadata(reader, "tokenizer.ggml.merges")]
     vocab = {token: index for index, token in enumerate(tokens)}
-    return models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False)
+    backend = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = _pre_tokenizer(metadata(reader, "tokenizer.ggml.pre", "default"))
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _sentencepiece_bpe(reader: GGUFReader, tokens: list[str]) -> Tokenizer:
+    """SentencePiece BPE (Llama 2, Mistral): "▁" for spaces, <0xNN> byte fallback, and no merge list.
+
+    llama.cpp repeatedly joins the adjacent pair whose result scores highest; BPE reproduces that with
+    every (left, right) split of each token as a merge, ranked by the token's score.
+    """
+    vocab = {token: index for index, token in enumerate(tokens)}
+    scores = dict(zip(tokens, metadata(reader, "tokenizer.ggml.scores"), strict=True))
+    merges = generate_merges(vocab, scores)
+    backend = Tokenizer(models.BPE(vocab, merges, fuse_unk=True, byte_fallback=True))
+    prefix = "first" if metadata(reader, "tokenizer.ggml.add_space_prefix", True) else "never"
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prefix, split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix == "first" else []))
+    return backend
+
+
+_BACKENDS: dict[str, Callable[[GGUFReader, list[str]], Tokenizer]] = {
+    "gpt2": _byte_level_bpe,
+    "llama": _sentencepiece_bpe,
+}
 
 
 def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:

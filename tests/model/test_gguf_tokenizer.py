@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gguf import GGUFWriter, TokenType
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -121,6 +122,35 @@ def write_tiny_vocab(path: Path, pre: str, model: str = "gpt2") -> Path:
     writer.add_bos_token_id(0)
     writer.add_eos_token_id(1)
     writer.add_add_bos_token(True)
+    return _finish(writer, path)
+
+
+# A tiny SentencePiece vocabulary (no merges, scores decide): pieces that make whole words, and <0xNN> byte
+# tokens for everything else (accents, emoji, newlines).
+PIECES = ["▁", "h", "e", "l", "o", "w", "r", "d", "t", "s", "▁h", "he", "ll", "llo", "hello", "▁hello",
+          "▁w", "or", "wor", "ld", "world", "▁world", "▁t", "th", "the", "▁the", "▁▁", "▁▁▁▁", "'s"]
+SPM_TEXTS = ["hello world", "  hello    the world's\nthé 😀", "the hello-world\t\thello", " leading"]
+
+
+def write_sentencepiece_vocab(path: Path) -> Path:
+    specials = [("<unk>", TokenType.UNKNOWN), ("<s>", TokenType.CONTROL), ("</s>", TokenType.CONTROL)]
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    tokens = [token for token, _ in specials] + byte_tokens + PIECES
+    types = [kind for _, kind in specials] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * len(PIECES)
+    rng = np.random.default_rng()  # scores: longer pieces mostly win; random order among similar lengths
+    scores = [0.0] * (3 + 256) + [len(piece) + rng.uniform(-0.5, 0.5) for piece in PIECES]
+    writer = GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores(scores)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    return _finish(writer, path)
+
+
+def _finish(writer: GGUFWriter, path: Path) -> Path:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -148,8 +178,20 @@ def test_smollm_pre_tokenizer_splits_digits(tmp_path):
     assert gpt2.convert_ids_to_tokens(gpt2("1234").input_ids) == ["<|bos|>", "1234"]
 
 
+def test_sentencepiece_vocab_matches_transformers(tmp_path):
+    path = write_sentencepiece_vocab(tmp_path / "spm.gguf")
+    ours = gguf_tokenizer(path)
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in SPM_TEXTS:
+        ids = ours(text).input_ids
+        assert ids == reference(text).input_ids, text
+        assert ids[0] == 1  # llama.cpp's default for SentencePiece: add BOS
+        assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+    assert ours.convert_ids_to_tokens(ours("é").input_ids) == ["<s>", "▁", "<0xC3>", "<0xA9>"]  # bytes
+
+
 @pytest.mark.parametrize(("model", "pre", "problem"), [
-    ("llama", "default", "unsupported GGUF tokenizer model 'llama'"),
+    ("bert", "default", "unsupported GGUF tokenizer model 'bert'"),
     ("gpt2", "made-up", "unsupported GGUF pre-tokenizer 'made-up'"),
 ])
 def test_unsupported_tokenizer_is_a_load_error(tmp_path, model, pre, problem):
