@@ -72,18 +72,23 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
     """Open and validate a GGUF file; every problem becomes a one-line `ModelLoadError`."""
     path = Path(path)
     reader = open_gguf(path)
-    architecture = metadata(reader, "general.architecture")
-    family = FAMILIES.get(architecture)
-    if family is None:
-        supported = ", ".join(sorted(FAMILIES))
-        raise ModelLoadError(path, f"unsupported GGUF architecture {architecture!r} (supported: {supported})")
-    unsupported = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in SUPPORTED_TYPES})
-    if unsupported:
-        raise ModelLoadError(path, f"unsupported GGUF quantization type(s) {', '.join(unsupported)}")
     try:
+        family, architecture = _family(reader)
         for tensor in _weights(reader):
             hf_name(tensor.name, family)
         hf_config = gguf_families.hf_config(reader, architecture, family)
-    except (KeyError, ValueError) as error:
+        generation_config = gguf_families.generation_config(reader)
+    except (KeyError, IndexError, ValueError) as error:
         raise ModelLoadError(path, str(error).strip("'\"")) from None
-    return GGUFCheckpoint(path, hf_config, gguf_families.generation_config(reader), reader, family)
+    return GGUFCheckpoint(path, hf_config, generation_config, reader, family)
+
+
+def _family(reader: GGUFReader) -> tuple[Family, str]:
+    """The architecture's recipe, once we know we can decode every tensor in the file."""
+    architecture = metadata(reader, "general.architecture")
+    if architecture not in FAMILIES:
+        raise ValueError(f"unsupported GGUF architecture {architecture!r} (supported: {', '.join(FAMILIES)})")
+    unsupported = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in SUPPORTED_TYPES})
+    if unsupported:
+        raise ValueError(f"unsupported GGUF quantization type(s) {', '.join(unsupported)}")
+    return FAMILIES[architecture], architecture
