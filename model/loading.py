@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from tpuserve.model.errors import ModelLoadError
 from tpuserve.model.loaders import orbax
 from tpuserve.model.loaders.gguf import read_gguf
 from tpuserve.model.loaders.gguf_tokenizer import gguf_tokenizer
-from tpuserve.model.loaders.safetensors import load_hf_directory
+from tpuserve.model.loaders.safetensors import load_hf_directory, read_json
 from tpuserve.model.loaders.weights import load_weights
 from tpuserve.model.resolve import ORBAX_MARKER, Checkpoint, CheckpointKind, resolve_checkpoint
 from tpuserve.model.transformer import Transformer, default_dtype
@@ -79,11 +78,7 @@ def read_hf_config(checkpoint: Checkpoint) -> tuple[dict[str, Any], str | None]:
     if checkpoint.kind is CheckpointKind.ORBAX:
         stored = orbax.read_orbax(checkpoint.path)
         return stored.hf_config, stored.dtype
-    config_path = checkpoint.path / "config.json"
-    try:
-        return json.loads(config_path.read_text()), None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_path, f"cannot read: {error}") from None
+    return read_json(checkpoint.path / "config.json"), None
 
 
 def abstract_transformer(config: ModelConfig, dtype: DTypeLike) -> Transformer:
@@ -188,7 +183,8 @@ def _directory_tokenizer(
     try:
         return kind.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(path, f"cannot load the tokenizer ({_first_line(error)})") from None
+        detail = str(error).strip().partition("\n")[0] or type(error).__name__
+        raise ModelLoadError(path, f"cannot load the tokenizer ({detail})") from None
 
 
 def _place(model: Transformer, sharding: Placement) -> Transformer:
@@ -196,8 +192,3 @@ def _place(model: Transformer, sharding: Placement) -> Transformer:
     if sharding is not None:
         nnx.update(model, jax.device_put(nnx.state(model), sharding))
     return model
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

@@ -22,6 +22,7 @@ from flax import nnx
 from transformers import PreTrainedTokenizerBase
 
 from tpuserve.model.errors import ModelLoadError
+from tpuserve.model.loaders.safetensors import read_json
 from tpuserve.model.resolve import ORBAX_MARKER
 
 FORMAT = "tpuserve-orbax"
@@ -76,7 +77,7 @@ def save_orbax(
 def read_orbax(path: str | os.PathLike[str]) -> OrbaxCheckpoint:
     """Read the JSON side of a converted directory and check that we can restore its format version."""
     path = Path(path)
-    marker = _read_json(path / ORBAX_MARKER)
+    marker = read_json(path / ORBAX_MARKER)
     if marker.get("format") != FORMAT or marker.get("version") != FORMAT_VERSION:
         found = f"{marker.get('format')} v{marker.get('version')}"
         raise ModelLoadError(
@@ -84,8 +85,8 @@ def read_orbax(path: str | os.PathLike[str]) -> OrbaxCheckpoint:
         )
     return OrbaxCheckpoint(
         path=path,
-        hf_config=_read_json(path / "config.json"),
-        generation_config=_read_json(path / "generation_config.json"),
+        hf_config=read_json(path / "config.json"),
+        generation_config=read_json(path / "generation_config.json"),
         dtype=str(marker["dtype"]),
         source=str(marker.get("source", "")),
     )
@@ -111,9 +112,9 @@ def restore_into(
             restored = checkpointer.restore(
                 path / PARAMS_DIR, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
             )
-    except (ValueError, FileNotFoundError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(path, f"params do not match config.json: {first_line}") from error
+    except (ValueError, OSError) as error:  # shapes or tree not matching config.json, or damaged files
+        detail = str(error).strip().partition("\n")[0] or type(error).__name__
+        raise ModelLoadError(path, f"cannot restore params ({detail})") from None
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)
 
@@ -125,10 +126,3 @@ def _checkpointer() -> ocp.Checkpointer:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(path, f"cannot read: {error}") from error

@@ -7,9 +7,10 @@ problems are expected user errors: they print one `error:` line and exit 1, neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tpuserve.model import ModelLoadError, load_model
 from tpuserve.model.info import model_info
@@ -75,26 +76,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_progress() -> None:
-    """Loading progress and timings go to stderr; only our own loggers, not every library's INFO chatter."""
+@contextlib.contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    """Loading progress and timings go to stderr while a command runs; only our loggers, not every
+    library's INFO chatter. Undone afterwards so `main` can be called repeatedly (tests, other tools)."""
     logger = logging.getLogger("tpuserve")
-    if logger.handlers:
-        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    saved_level, saved_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _show_progress()
-    try:
-        return args.run(args)
-    except ModelLoadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    with _progress_to_stderr():
+        try:
+            return args.run(args)
+        except ModelLoadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

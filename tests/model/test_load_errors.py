@@ -70,7 +70,7 @@ BROKEN: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "truncated-safetensors": (truncated_safetensors, "truncated"),
     "truncated-gguf": (truncated_gguf, "truncated"),
     "config-weights-shape-mismatch": (shape_mismatch, "shape"),
-    "orbax-config-params-mismatch": (orbax_shape_mismatch, "do not match"),
+    "orbax-config-params-mismatch": (orbax_shape_mismatch, "cannot restore params"),
 }
 
 
