@@ -76,6 +76,10 @@ def _build(reader: GGUFReader) -> PreTrainedTokenizerFast:
     kind = metadata(reader, "tokenizer.ggml.model")
     if kind not in _BACKENDS:
         raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: {', '.join(_BACKENDS)})")
+    architecture = metadata(reader, "general.architecture")
+    if kind == "llama" and architecture.startswith("gemma"):
+        # Gemma files spell whitespace tokens and order merges differently from Llama's SentencePiece.
+        raise ValueError(f"the SentencePiece tokenizer of {architecture!r} GGUF files is not supported")
     tokens: list[str] = metadata(reader, "tokenizer.ggml.tokens")
     backend = _BACKENDS[kind](reader, tokens)
     _register_added_tokens(backend, tokens, metadata(reader, "tokenizer.ggml.token_type"))

@@ -110,10 +110,10 @@ SPECIALS = [
 TINY_TEXTS = ["hello 1234 12345 it's   hello\n\n\n<think>x</think>", "<|eos|> 9876543 hello's", "  \n  hello"]
 
 
-def write_tiny_vocab(path: Path, pre: str, model: str = "gpt2") -> Path:
+def write_tiny_vocab(path: Path, pre: str, model: str = "gpt2", arch: str = "llama") -> Path:
     tokens = [token for token, _ in SPECIALS] + BYTES + [merge.replace(" ", "") for merge in MERGES]
     types = [kind for _, kind in SPECIALS] + [TokenType.NORMAL] * (len(BYTES) + len(MERGES))
-    writer = GGUFWriter(path, "llama")
+    writer = GGUFWriter(path, arch)
     writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
@@ -190,12 +190,13 @@ def test_sentencepiece_vocab_matches_transformers(tmp_path):
     assert ours.convert_ids_to_tokens(ours("é").input_ids) == ["<s>", "▁", "<0xC3>", "<0xA9>"]  # bytes
 
 
-@pytest.mark.parametrize(("model", "pre", "problem"), [
-    ("bert", "default", "unsupported GGUF tokenizer model 'bert'"),
-    ("gpt2", "made-up", "unsupported GGUF pre-tokenizer 'made-up'"),
+@pytest.mark.parametrize(("model", "pre", "arch", "problem"), [
+    ("bert", "default", "llama", "unsupported GGUF tokenizer model 'bert'"),
+    ("gpt2", "made-up", "llama", "unsupported GGUF pre-tokenizer 'made-up'"),
+    ("llama", "default", "gemma2", "SentencePiece tokenizer of 'gemma2' GGUF files is not supported"),
 ])
-def test_unsupported_tokenizer_is_a_load_error(tmp_path, model, pre, problem):
-    path = write_tiny_vocab(tmp_path / "tok.gguf", pre, model)
+def test_unsupported_tokenizer_is_a_load_error(tmp_path, model, pre, arch, problem):
+    path = write_tiny_vocab(tmp_path / "tok.gguf", pre, model, arch)
     with pytest.raises(ModelLoadError, match=problem) as caught:
         gguf_tokenizer(path)
     assert str(path) in str(caught.value)
