@@ -28,4 +28,5 @@ def dequantize_tensor(tensor: ReaderTensor) -> np.ndarray:
     if tensor.tensor_type not in SUPPORTED_TYPES:
         raise ValueError(f"tensor {tensor.name} has unsupported quantization type {tensor.tensor_type.name}")
     values = dequantize(tensor.data, tensor.tensor_type)
-    return np.array(values, dtype=np.float32).reshape(hf_shape(tensor))
+    # F32 comes back as a read-only view of the mapped file; everything else is already a fresh array.
+    return values.astype(np.float32, copy=not values.flags.writeable).reshape(hf_shape(tensor))
