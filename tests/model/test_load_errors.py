@@ -58,6 +58,13 @@ def shape_mismatch(root: Path, tiny: Path) -> Path:
     return directory
 
 
+def no_tokenizer(root: Path, tiny: Path) -> Path:
+    directory = Path(shutil.copytree(tiny, root / "no-tokenizer"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (directory / name).unlink()
+    return directory
+
+
 def orbax_shape_mismatch(root: Path, tiny: Path) -> Path:
     directory = save_converted(load_model(tiny), root / "converted")
     edit_config(directory, intermediate_size=128)
@@ -70,6 +77,7 @@ BROKEN: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "truncated-safetensors": (truncated_safetensors, "truncated"),
     "truncated-gguf": (truncated_gguf, "truncated"),
     "config-weights-shape-mismatch": (shape_mismatch, "shape"),
+    "hf-dir-without-tokenizer": (no_tokenizer, "cannot load the tokenizer"),
     "orbax-config-params-mismatch": (orbax_shape_mismatch, "cannot restore params"),
 }
 
