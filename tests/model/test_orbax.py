@@ -83,10 +83,11 @@ def test_bfloat16_round_trip_keeps_the_stored_dtype(tiny_dir: Path, tmp_path: Pa
     assert_same_model(restored, bf16, random_tokens(seed=12, batch=1, length=9))
 
 
-def test_restore_uses_the_requested_sharding(converted: Path) -> None:
+@pytest.mark.parametrize("source", ["orbax", "hf"])
+def test_loading_uses_the_requested_sharding(source: str, converted: Path, tiny_dir: Path) -> None:
     sharding = jax.sharding.NamedSharding(jax.make_mesh((1,), ("model",)), jax.sharding.PartitionSpec())
-    restored = load_model(converted, sharding=sharding)
-    placements = {value.sharding for _, value in nnx.to_flat_state(nnx.state(restored.model, nnx.Param))}
+    loaded = load_model(converted if source == "orbax" else tiny_dir, sharding=sharding)
+    placements = {value.sharding for _, value in nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))}
     assert placements == {sharding}
 
 
