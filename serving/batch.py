@@ -30,7 +30,8 @@ class PromptLogprobRows:
 class PreparedStep:
     inputs: StepInputs
     sampled: list[ScheduledChunk]  # chunks that end their sequence: each samples one token
-    sample_rows: np.ndarray  # int32 [sequence bucket]: the hidden row of each sampled chunk's last token
+    sample_rows: np.ndarray  # int32 [max_num_seqs]: the hidden row of each sampled chunk's last token
+    num_sample_rows: int  # the sequence bucket holding the sampled chunks
     prompt_logprobs: list[PromptLogprobRows]
 
 
@@ -57,12 +58,13 @@ def prepare_step(schedule: SchedulerOutput, config: EngineConfig) -> PreparedSte
         if scored is not None:
             prompt_rows.append(scored)
         row += n
-    sample_rows = np.zeros(pad_to(max(len(sampled), 1), config.seq_buckets), np.int32)
+    sample_rows = np.zeros(config.max_num_seqs, np.int32)
     sample_rows[: len(last_rows)] = last_rows
     inputs = StepInputs(
         token_ids, positions, kv_lens, page_indices, cu_q_lens, np.array([len(schedule.chunks)], np.int32)
     )
-    return PreparedStep(inputs, sampled, sample_rows, prompt_rows)
+    num_sample_rows = pad_to(max(len(sampled), 1), config.seq_buckets)
+    return PreparedStep(inputs, sampled, sample_rows, num_sample_rows, prompt_rows)
 
 
 def _prompt_logprob_rows(chunk: ScheduledChunk, first_row: int) -> PromptLogprobRows | None:

@@ -110,8 +110,8 @@ class Engine:
         for chunk in schedule.chunks:
             self._ensure_slot(self._sequences[chunk.request.request_id][1], started)
         step = prepare_step(schedule, self.config)
-        hidden = self.runner.forward(step.inputs)
-        tokens = self._sample(hidden, step)
+        hidden, sample_hidden = self.runner.forward(step.inputs, step.sample_rows)
+        tokens = self._sample(sample_hidden, step)
         self._record_prompt_logprobs(hidden, step)
         for chunk in schedule.chunks:
             request = chunk.request
@@ -126,7 +126,7 @@ class Engine:
         self.stats.record_step(schedule.num_tokens, time.monotonic() - started, len(schedule.preempted))
         return [self._finish_group(g) if g.finished else g.output() for g in touched.values()]
 
-    def _sample(self, hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
+    def _sample(self, sample_hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
         if not step.sampled:
             return None
         seqs = [self._sequences[c.request.request_id][1] for c in step.sampled]
@@ -138,7 +138,7 @@ class Engine:
             request_numbers=[self._numbers[s.request.request_id] for s in seqs],
             engine_seed=self.config.seed,
         )
-        output = self.runner.sample(hidden, step.sample_rows, meta)
+        output = self.runner.sample(sample_hidden, meta)
         return SampledTokens(np.asarray(output.token_ids), *(np.asarray(a) for a in output.logprobs))
 
     def _record_prompt_logprobs(self, hidden: jax.Array, step: PreparedStep) -> None:

@@ -1,10 +1,13 @@
 """Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
 
-Three jitted programs, each compiled once per bucket and all at start-up (`precompile`):
-- `forward`: per token bucket `T`; token ids, positions, attention metadata (always sized to
-  `max_num_seqs` rows) and the donated KV caches in, final-normed hidden `[T, hidden]` out;
-- `logits`: per sequence bucket `S`; the LM head on `S` gathered rows only;
-- the sampler (`tpuserve.serving.sampler.sample`) and prompt logprobs: per sequence bucket `S`.
+Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
+- `forward`, per token bucket `T`: token ids, positions, attention metadata (always sized to
+  `max_num_seqs` rows), the donated KV caches and the `max_num_seqs` rows to sample from in; the
+  final-normed hidden `[T, hidden]`, those rows `[max_num_seqs, hidden]` and the caches out;
+- `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
+- `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows;
+- the sampler (`tpuserve.serving.sampler.sample`) and prompt logprobs, per sequence bucket `S`;
+- the sampler-table slot write (one shape).
 Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
 """
 
@@ -48,18 +51,25 @@ class ModelRunner:
         self.model_config = model.config
         self.graphdef, self.params = nnx.split(model)
         dtype = jax.tree.leaves(self.params)[0].dtype
-        self.kv_caches = init_kv_caches(model.config, config.num_pages, config.page_size, dtype, backend)
-        self.sampler_state = SamplerState.create(config.max_num_seqs, model.config.vocab_size)
+        # Committed to the device like every later (jit-produced) value, so warm-up shapes hit the same
+        # compiled programs as serving does.
+        device = jax.devices()[0]
+        self.kv_caches = jax.device_put(
+            init_kv_caches(model.config, config.num_pages, config.page_size, dtype, backend), device)
+        self.sampler_state = jax.device_put(
+            SamplerState.create(config.max_num_seqs, model.config.vocab_size), device)
         self._backend = backend
         self._forward = jax.jit(self._forward_impl, donate_argnums=1)
-        self._logits = jax.jit(self._logits_impl)
+        self._gather = jax.jit(lambda hidden, rows: hidden[rows])
+        self._logits = jax.jit(self._logits_impl, static_argnums=2)
 
-    def _forward_impl(self, params, kv_caches, token_ids, positions, metadata):
+    def _forward_impl(self, params, kv_caches, token_ids, positions, metadata, sample_rows):
         model = nnx.merge(self.graphdef, params)
-        return paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend)
+        hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend)
+        return hidden, hidden[sample_rows], kv_caches
 
-    def _logits_impl(self, params, hidden, rows):
-        return nnx.merge(self.graphdef, params).logits(hidden[rows])
+    def _logits_impl(self, params, rows, num_rows):
+        return nnx.merge(self.graphdef, params).logits(rows[:num_rows])
 
     def admit(
         self,
@@ -72,46 +82,50 @@ class ModelRunner:
         """Write a request's sampler tables into its slot (on admission or after a recompute)."""
         self.sampler_state = admit(self.sampler_state, slot, params, prompt, eos_token_id, outputs)
 
-    def forward(self, inputs: StepInputs) -> jax.Array:
+    def forward(self, inputs: StepInputs, sample_rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `sample_rows`."""
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
-        hidden, self.kv_caches = self._forward(
-            self.params, self.kv_caches, inputs.token_ids, inputs.positions, metadata
+        hidden, sample_hidden, self.kv_caches = self._forward(
+            self.params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows
         )
-        return hidden
+        return hidden, sample_hidden
 
-    def sample(self, hidden: jax.Array, rows: np.ndarray, meta: SamplingMetadata) -> SamplerOutput:
-        """Sample one token for each of `rows` (padded to a sequence bucket, like `meta`)."""
-        logits = self._logits(self.params, hidden, rows)
+    def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
+        """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
+        logits = self._logits(self.params, sample_hidden, len(meta.slot_ids))
         output, self.sampler_state = sample(logits, self.sampler_state, meta)
         return output
 
     def prompt_logprobs(self, hidden: jax.Array, rows: np.ndarray, targets: np.ndarray) -> TokenLogprobs:
         """Logprobs of `targets[i]` under the logits of hidden row `rows[i]`, in sequence-bucket chunks."""
-        size = self.config.seq_buckets[-1]
+        size = self.config.max_num_seqs
         parts = []
         for start in range(0, len(rows), size):
             n = min(size, len(rows) - start)
             bucket = pad_to(n, self.config.seq_buckets)
-            chunk_rows = np.zeros(bucket, np.int32)
+            chunk_rows = np.zeros(size, np.int32)
             chunk_rows[:n] = rows[start : start + n]
             chunk_targets = np.zeros(bucket, np.int32)
             chunk_targets[:n] = targets[start : start + n]
-            result = prompt_logprobs(self._logits(self.params, hidden, chunk_rows), chunk_targets)
-            parts.append(jax.tree.map(lambda a, n=n: np.asarray(a[:n]), result))
+            logits = self._logits(self.params, self._gather(hidden, chunk_rows), bucket)
+            result = prompt_logprobs(logits, chunk_targets)
+            parts.append([np.asarray(field)[:n] for field in result])
         return TokenLogprobs(*(np.concatenate(field) for field in zip(*parts, strict=True)))
 
     def precompile(self) -> Iterator[str]:
         """Compile every bucket of every program by running it once on padding; yields progress labels."""
         config = self.config
+        rows = np.zeros(config.max_num_seqs, np.int32)
         for tokens in config.token_buckets:
-            hidden = self.forward(self.empty_inputs(tokens))
+            hidden, sample_hidden = self.forward(self.empty_inputs(tokens), rows)
+            jax.block_until_ready(self._gather(hidden, rows))
             yield f"forward T={tokens}"
+        self.admit(0, SamplingParams(), [0], [], None)  # the slot write; a real admission overwrites it
         for seqs in config.seq_buckets:
-            rows = np.zeros(seqs, np.int32)
             meta = SamplingMetadata.from_params(
                 [], num_rows=seqs, slot_ids=[], output_lens=[], request_numbers=[], engine_seed=config.seed
             )
-            jax.block_until_ready(self.sample(hidden, rows, meta))
+            jax.block_until_ready(self.sample(sample_hidden, meta))
             self.prompt_logprobs(hidden, rows[:seqs], rows[:seqs])
             yield f"sampler S={seqs}"
 
