@@ -111,8 +111,11 @@ class Engine:
             self._ensure_slot(self._sequences[chunk.request.request_id][1], started)
         step = prepare_step(schedule, self.config)
         hidden, sample_hidden = self.runner.forward(step.inputs, step.sample_rows)
-        tokens = self._sample(sample_hidden, step)
+        sampled = self._sample(sample_hidden, step)
+        dispatched = time.monotonic()  # host work before this point leaves the device idle
         self._record_prompt_logprobs(hidden, step)
+        tokens = None if sampled is None else SampledTokens(*jax.tree.map(np.asarray, tuple(sampled)))
+        ready = time.monotonic()
         for chunk in schedule.chunks:
             request = chunk.request
             request.num_computed_tokens += chunk.num_tokens
@@ -123,10 +126,13 @@ class Engine:
             group, seq = self._sequences[chunk.request.request_id]
             self._append_token(group, seq, tokens, i)
             touched[group.request_id] = group
-        self.stats.record_step(schedule.num_tokens, time.monotonic() - started, len(schedule.preempted))
+        finished = time.monotonic()
+        self.stats.record_step(schedule.num_tokens, finished - started,
+                               (dispatched - started) + (finished - ready), len(schedule.preempted))
         return [self._finish_group(g) if g.finished else g.output() for g in touched.values()]
 
     def _sample(self, sample_hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
+        """Dispatches sampling; the fields are still device arrays (fetched once, after dispatch)."""
         if not step.sampled:
             return None
         seqs = [self._sequences[c.request.request_id][1] for c in step.sampled]
@@ -139,7 +145,7 @@ class Engine:
             engine_seed=self.config.seed,
         )
         output = self.runner.sample(sample_hidden, meta)
-        return SampledTokens(np.asarray(output.token_ids), *(np.asarray(a) for a in output.logprobs))
+        return SampledTokens(output.token_ids, *output.logprobs)
 
     def _record_prompt_logprobs(self, hidden: jax.Array, step: PreparedStep) -> None:
         if not step.prompt_logprobs:

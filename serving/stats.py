@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+
+RECENT = 4096  # latency samples kept for summaries; counters cover everything
 
 
 @dataclasses.dataclass
@@ -11,14 +14,16 @@ class EngineStats:
     num_batched_tokens: int = 0
     num_preemptions: int = 0
     step_time_s: float = 0.0
-    ttft_s: list[float] = dataclasses.field(default_factory=list)
-    inter_token_s: list[float] = dataclasses.field(default_factory=list)
+    host_time_s: float = 0.0  # per step: scheduling, input prep and output processing (device idle)
+    ttft_s: collections.deque[float] = dataclasses.field(default_factory=lambda: _recent())
+    inter_token_s: collections.deque[float] = dataclasses.field(default_factory=lambda: _recent())
 
-    def record_step(self, num_tokens: int, seconds: float, num_preempted: int) -> None:
+    def record_step(self, num_tokens: int, seconds: float, host_seconds: float, num_preempted: int) -> None:
         self.num_steps += 1
         self.num_batched_tokens += num_tokens
         self.num_preemptions += num_preempted
         self.step_time_s += seconds
+        self.host_time_s += host_seconds
 
     def record_first_token(self, seconds: float) -> None:
         self.ttft_s.append(seconds)
@@ -27,5 +32,13 @@ class EngineStats:
         self.inter_token_s.append(seconds)
 
     @property
+    def host_gap_per_step_s(self) -> float:
+        return self.host_time_s / max(self.num_steps, 1)
+
+    @property
     def tokens_per_step(self) -> float:
         return self.num_batched_tokens / max(self.num_steps, 1)
+
+
+def _recent() -> collections.deque[float]:
+    return collections.deque(maxlen=RECENT)
