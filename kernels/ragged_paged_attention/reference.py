@@ -22,7 +22,8 @@ from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, interlea
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
 MASK_VALUE = -1e30
-KV_BLOCK_TOKENS = 128
+# float32 operands must get float32 math: GPUs would otherwise use TF32 and miss the float32 parity bounds.
+HIGHEST = lax.Precision.HIGHEST
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +33,11 @@ class _Pass:
     decode: bool  # True: sequences with exactly one new token; False: all longer ones
     block_q: int  # query rows per work item
     group: int  # work items per outer-loop iteration
+    kv_block: int  # KV tokens per inner-loop iteration (rounded to whole pages)
 
 
-DECODE_PASS = _Pass(decode=True, block_q=1, group=64)
-PREFILL_PASS = _Pass(decode=False, block_q=32, group=4)
+DECODE_PASS = _Pass(decode=True, block_q=1, group=64, kv_block=64)
+PREFILL_PASS = _Pass(decode=False, block_q=32, group=4, kv_block=128)
 
 
 class _Items(NamedTuple):
@@ -83,7 +85,11 @@ def _gather_kv_block(
     kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, block: jax.Array, kv_block: int,
     head_dim: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """K, V `[G, kv_block, Hkv, D]` (float32) of KV block `block[g]` of sequence `seq[g]`, and positions."""
+    """K `[G, Hkv, D, kv_block]`, V `[G, kv_block, Hkv, D]` (float32) of block `block[g]` of `seq[g]`.
+
+    K comes transposed (positions minor): XLA:CPU runs `q @ K` as fast batched GEMMs in that layout and as
+    slow per-row dot products in the cache's own layout.
+    """
     page_size = kv_cache.shape[1]
     pages_per_block = kv_block // page_size
     cols = block[:, None] * pages_per_block + jnp.arange(pages_per_block)
@@ -91,7 +97,8 @@ def _gather_kv_block(
     kv = kv_cache[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_padded]
     kv = kv.reshape(seq.shape[0], kv_block, kv.shape[3] // 2, 2, kv.shape[4])[..., :head_dim]
     positions = block[:, None] * kv_block + jnp.arange(kv_block)
-    return kv[:, :, :, 0].astype(jnp.float32), kv[:, :, :, 1].astype(jnp.float32), positions
+    k_t = jnp.transpose(kv[:, :, :, 0], (0, 2, 3, 1)).astype(jnp.float32)
+    return k_t, kv[:, :, :, 1].astype(jnp.float32), positions
 
 
 def _attend_group(
@@ -118,7 +125,7 @@ def _attend_group(
         m, denom, acc = carry
         k_blk, v_blk, kv_pos = _gather_kv_block(kv_cache, page_indices, items.seq, first_block + i, kv_block,
                                                 head_dim)
-        s = jnp.einsum("gbhrd,gkhd->ghbrk", q_blk, k_blk)
+        s = jnp.einsum("gbhrd,ghdk->ghbrk", q_blk, k_blk, precision=HIGHEST)
         if soft_cap:
             s = soft_cap * jnp.tanh(s / soft_cap)
         visible = kv_pos[:, None, :] <= q_pos[:, :, None]
@@ -128,7 +135,7 @@ def _attend_group(
         m_new = jnp.maximum(m, s.max(axis=-1))
         p = jnp.exp(s - m_new[..., None])
         rescale = jnp.exp(m - m_new)
-        acc = acc * rescale[..., None] + jnp.einsum("ghbrk,gkhd->ghbrd", p, v_blk)
+        acc = acc * rescale[..., None] + jnp.einsum("ghbrk,gkhd->ghbrd", p, v_blk, precision=HIGHEST)
         return m_new, denom * rescale + p.sum(axis=-1), acc
 
     stats_shape = (q_rows.shape[0], num_kv_heads, spec.block_q, num_heads // num_kv_heads)
@@ -146,7 +153,7 @@ def _attend_pass(
     num_tokens = q.shape[0]
     num_seqs_padded = kv_lens.shape[0]
     page_size, pages_per_seq = kv_cache.shape[1], page_indices.shape[1]
-    kv_block = page_size * max(1, min(pages_per_seq, KV_BLOCK_TOKENS // page_size))
+    kv_block = page_size * max(1, min(pages_per_seq, spec.kv_block // page_size))
     if spec.decode:
         bound = min(num_tokens, num_seqs_padded)
     else:
