@@ -3,6 +3,9 @@
 The same layers as the dense forward; only the attention core changes, to
 `tpuserve.kernels.ragged_paged_attention`, which writes the step's K/V into each layer's cache pages and
 attends over everything cached for the token's sequence.
+
+Under tensor parallelism (a `mesh` given) the kernel runs once per shard inside `shard_map`, on that shard's
+query heads and KV-cache heads; the projections around it are split by their parameters' shardings.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tpuserve.kernels import kv_cache_shape, ragged_paged_attention
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.layers.attention import AttentionSpec
+from tpuserve.model.sharding import KV_CACHE_SPEC, MODEL_AXIS
 from tpuserve.model.transformer import Transformer
 
 
@@ -28,27 +34,43 @@ class AttentionMetadata(NamedTuple):
 
 
 def init_kv_caches(
-    config: ModelConfig, num_pages: int, page_size: int, dtype: jnp.dtype, backend: str = "auto"
+    config: ModelConfig, num_pages: int, page_size: int, dtype: jnp.dtype, backend: str = "auto",
+    mesh: Mesh | None = None,
 ) -> list[jax.Array]:
-    """One zeroed cache array per layer, laid out as the kernel backend wants it."""
+    """One zeroed cache array per layer, laid out as the kernel backend wants it; with a MESH, created
+    directly in its head-sharded layout (each device allocates only its own heads)."""
     shape = kv_cache_shape(num_pages, page_size, config.num_kv_heads, config.head_dim, backend=backend)
-    return [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
+    if mesh is None:
+        return [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=NamedSharding(mesh, KV_CACHE_SPEC))
+    return [zeros() for _ in range(config.num_layers)]
 
 
 class _PagedCore:
     """An attention core bound to one layer's cache; keeps the updated cache the kernel returns."""
 
-    def __init__(self, kv_cache: jax.Array, metadata: AttentionMetadata, backend: str) -> None:
+    def __init__(self, kv_cache: jax.Array, metadata: AttentionMetadata, backend: str, mesh: Mesh | None):
         self.kv_cache = kv_cache
         self.metadata = metadata
         self.backend = backend
+        self.mesh = mesh
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec) -> jax.Array:
         dtype = self.kv_cache.dtype
-        out, self.kv_cache = ragged_paged_attention(
-            q.astype(dtype), k.astype(dtype), v.astype(dtype), self.kv_cache, *self.metadata,
-            backend=self.backend, **spec.kernel_kwargs(),
-        )
+
+        def kernel(q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array,
+                   *metadata: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return ragged_paged_attention(q, k, v, kv_cache, *metadata, backend=self.backend,
+                                          **spec.kernel_kwargs())
+
+        if self.mesh is not None:
+            heads = P(None, MODEL_AXIS, None)
+            # check_vma=False: Pallas kernels inside shard_map fail the varying-axes check on jax 0.10.
+            in_specs = (heads, heads, heads, KV_CACHE_SPEC, *[P()] * len(self.metadata))
+            kernel = jax.shard_map(kernel, mesh=self.mesh, in_specs=in_specs,
+                                   out_specs=(heads, KV_CACHE_SPEC), check_vma=False)
+        out, self.kv_cache = kernel(q.astype(dtype), k.astype(dtype), v.astype(dtype), self.kv_cache,
+                                    *self.metadata)
         return out.astype(jnp.float32)
 
 
@@ -59,15 +81,17 @@ def paged_forward(
     kv_caches: list[jax.Array],
     metadata: AttentionMetadata,
     backend: str = "auto",
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """int32 `token_ids[T]`, `positions[T]` -> final-normed float32 hidden `[T, hidden]`, updated caches.
 
-    Logits are left to the caller, which computes them only for the rows it samples from.
+    Logits are left to the caller, which computes them only for the rows it samples from. MESH: the
+    model's tensor-parallel mesh (caches from `init_kv_caches` with the same mesh).
     """
     x = model.embed(token_ids)
     new_caches = []
     for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
-        core = _PagedCore(kv_cache, metadata, backend)
+        core = _PagedCore(kv_cache, metadata, backend, mesh)
         x = layer(x, positions, core)
         new_caches.append(core.kv_cache)
     return model.final_norm(x), new_caches

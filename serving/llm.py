@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from tpuserve.model import LoadedModel, load_model
+from tpuserve.model.sharding import ShardPlan, make_mesh, model_shards, shard_model
 from tpuserve.serving.compilation import enable_compilation_cache
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.engine import Engine
@@ -18,14 +20,19 @@ from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
 
 DEFAULT_KV_CACHE_MEMORY = 2 << 30
-"""Bytes of KV cache when neither `kv_cache_memory` nor `num_pages` is given (about 45k SmolLM2 tokens)."""
+"""Bytes of KV cache per device when neither `kv_cache_memory` nor `num_pages` is given (about 45k SmolLM2
+tokens on one device)."""
 
 PromptType = str | Sequence[int] | Mapping[str, Any]
 Conversation = Sequence[Mapping[str, Any]]
 
 
 class LLM:
-    """Loads a model (or takes a `LoadedModel`), compiles every bucket once, then generates batches."""
+    """Loads a model (or takes a `LoadedModel`), compiles every bucket once, then generates batches.
+
+    `tensor_parallel_size` > 1 splits the model over that many devices (`tpuserve.model.sharding`);
+    `kv_cache_memory` is then a per-device budget.
+    """
 
     def __init__(
         self,
@@ -42,9 +49,10 @@ class LLM:
         compilation_cache_dir: str | None = None,
         backend: str = "auto",
         use_tqdm: bool = True,
+        tensor_parallel_size: int = 1,
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
-        self.loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype)
+        self.loaded = _load(model, dtype, tensor_parallel_size)
         max_model_len = max_model_len or self.loaded.config.max_position_embeddings
         if num_pages is None:
             num_pages = _pages_for_memory(self.loaded, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, page_size)
@@ -144,8 +152,22 @@ def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int
     return list(params)
 
 
+def _load(model: str | LoadedModel | None, dtype: str | None, tensor_parallel_size: int) -> LoadedModel:
+    """Load (split as it is read) or take a `LoadedModel`, splitting it if it is not split yet."""
+    mesh = make_mesh(tensor_parallel_size) if tensor_parallel_size > 1 else None
+    if not isinstance(model, LoadedModel):
+        return load_model(model, dtype, mesh=mesh)
+    current = model_shards(model.model)
+    if current == tensor_parallel_size:
+        return model
+    if current > 1 or mesh is None:
+        raise ValueError(f"the model is already split {current} ways, not {tensor_parallel_size}")
+    return dataclasses.replace(model, model=shard_model(model.model, ShardPlan(model.config, mesh)))
+
+
 def _pages_for_memory(loaded: LoadedModel, memory: int, page_size: int) -> int:
-    config = loaded.config
+    """Pages whose per-device share of every layer's K and V fits MEMORY bytes."""
+    config = loaded.model.config  # the KV heads the model holds, replicated ones included
     dtype_bytes = jax.tree.leaves(loaded.model)[0].dtype.itemsize
     per_page = config.num_layers * page_size * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
-    return max(2, memory // per_page)
+    return max(2, memory * model_shards(loaded.model) // per_page)

@@ -9,6 +9,9 @@ Jitted programs, each compiled once per bucket and all at start-up (`precompile`
 - the sampler (`tpuserve.serving.sampler.sample`) and prompt logprobs, per sequence bucket `S`;
 - the sampler-table slot write (one shape).
 Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
+
+A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
+head-sharded on it, the sampler tables replicated over it, and the attention kernel runs per shard.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tpuserve.model import Transformer
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
+from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.logprobs import TokenLogprobs, prompt_logprobs
@@ -51,13 +57,16 @@ class ModelRunner:
         self.model_config = model.config
         self.graphdef, self.params = nnx.split(model)
         dtype = jax.tree.leaves(self.params)[0].dtype
-        # Committed to the device like every later (jit-produced) value, so warm-up shapes hit the same
+        # Committed to the device(s) like every later (jit-produced) value, so warm-up shapes hit the same
         # compiled programs as serving does.
-        device = jax.devices()[0]
-        self.kv_caches = jax.device_put(
-            init_kv_caches(model.config, config.num_pages, config.page_size, dtype, backend), device)
+        self.mesh = model_mesh(model)
+        placement = jax.devices()[0] if self.mesh is None else NamedSharding(self.mesh, P())
+        self.kv_caches = init_kv_caches(model.config, config.num_pages, config.page_size, dtype, backend,
+                                        self.mesh)
+        if self.mesh is None:  # with a mesh they are created committed to their shards
+            self.kv_caches = jax.device_put(self.kv_caches, placement)
         self.sampler_state = jax.device_put(
-            SamplerState.create(config.max_num_seqs, model.config.vocab_size), device)
+            SamplerState.create(config.max_num_seqs, model.config.vocab_size), placement)
         self._backend = backend
         self._forward = jax.jit(self._forward_impl, donate_argnums=1)
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
@@ -65,11 +74,13 @@ class ModelRunner:
 
     def _forward_impl(self, params, kv_caches, token_ids, positions, metadata, sample_rows):
         model = nnx.merge(self.graphdef, params)
-        hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend)
+        hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
+                                          self.mesh)
         return hidden, hidden[sample_rows], kv_caches
 
     def _logits_impl(self, params, rows, num_rows):
-        return nnx.merge(self.graphdef, params).logits(rows[:num_rows])
+        # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
+        return nnx.merge(self.graphdef, params).logits(rows[:num_rows])[:, : self.model_config.vocab_size]
 
     def admit(
         self,

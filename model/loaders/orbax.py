@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tpuserve.model.resolve import ORBAX_MARKER
 FORMAT = "tpuserve-orbax"
 FORMAT_VERSION = 1
 PARAMS_DIR = "params"
+Restore = jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding.Sharding] | None
 
 
 @dataclass(frozen=True)
@@ -93,18 +95,25 @@ def read_orbax(path: str | os.PathLike[str]) -> OrbaxCheckpoint:
 
 
 def restore_into(
-    path: str | os.PathLike[str], abstract_model: nnx.Module, sharding: jax.sharding.Sharding | None = None
+    path: str | os.PathLike[str], abstract_model: nnx.Module, sharding: Restore = None
 ) -> nnx.Module:
     """Fill ABSTRACT_MODEL (built under `nnx.eval_shape`) with the saved arrays, placed with SHARDING.
 
-    The abstract model fixes shapes and dtypes (Orbax casts if the saved dtype differs); SHARDING
-    defaults to the first device. Per-parameter shardings for tensor parallelism come later.
+    The abstract model fixes shapes and dtypes (Orbax casts if the saved dtype differs); SHARDING is one
+    sharding for every array, a function `(dotted path, shape) -> sharding` (tensor parallelism: each
+    device reads only its shards), or None for the first device.
     """
     path = Path(path)
-    placement = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if not callable(sharding):
+        placement = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+        def sharding(_path: str, _shape: tuple[int, ...]) -> jax.sharding.Sharding:
+            return placement
     graphdef, state = nnx.split(abstract_model)
-    target = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), nnx.to_pure_dict(state)
+    target = jax.tree_util.tree_map_with_path(
+        lambda keys, leaf: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=sharding(".".join(str(k.key) for k in keys), leaf.shape)),
+        nnx.to_pure_dict(state),
     )
     try:
         with _checkpointer() as checkpointer:

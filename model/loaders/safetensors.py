@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.errors import ModelLoadError
-from tpuserve.model.loaders.weights import load_weights
+from tpuserve.model.loaders.weights import Place, load_weights
 from tpuserve.model.transformer import Transformer
 
 SINGLE_FILE = "model.safetensors"
@@ -35,14 +35,16 @@ class HFCheckpoint(NamedTuple):
     generation_config: dict[str, Any]
 
 
-def load_hf_directory(path: str | os.PathLike[str], dtype: jnp.dtype | None = None) -> HFCheckpoint:
-    """Reads a `save_pretrained` directory into a ready model; any problem is a one-line `ModelLoadError`."""
+def load_hf_directory(path: str | os.PathLike[str], dtype: jnp.dtype | None = None, *,
+                      place: Place | None = None) -> HFCheckpoint:
+    """Reads a `save_pretrained` directory into a ready model; any problem is a one-line `ModelLoadError`.
+    `place` puts each parameter on its devices (see `load_weights`)."""
     directory = Path(path)
     hf_config = read_json(directory / "config.json")
     generation_path = directory / "generation_config.json"
     generation_config = read_json(generation_path) if generation_path.is_file() else {}
     config = ModelConfig.from_hf(hf_config, source=str(directory / "config.json"))
-    model = load_weights(config, iter_tensors(directory), dtype, source=str(directory))
+    model = load_weights(config, iter_tensors(directory), dtype, source=str(directory), place=place)
     return HFCheckpoint(config, model, hf_config, generation_config)
 
 

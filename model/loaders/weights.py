@@ -3,13 +3,14 @@
 The module is built abstractly (`nnx.eval_shape`), so no random weights are ever allocated; each tensor is
 transposed (torch Linear is `[out, in]`, ours `[in, out]`) and put on device as it arrives. Slices of the
 fused qkv / gate_up weights wait in one host buffer per parameter until all their parts are in, so peak host
-memory stays near one model copy.
+memory stays near one model copy. A `place` callback (tensor parallelism: `ShardPlan.place`) decides where
+each finished parameter goes, so its shards go straight to their devices.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +23,19 @@ from tpuserve.model.families.common import Dest
 from tpuserve.model.registry import FAMILIES
 from tpuserve.model.transformer import Transformer, default_dtype
 
+Place = Callable[[str, np.ndarray], jax.Array]  # (dotted parameter path, host array) -> device array
+
 
 def load_weights(config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]],
-                 dtype: jnp.dtype | None = None, *, source: str | None = None) -> Transformer:
-    """Builds the model from `(hf_name, array)` pairs; `source` (a path) names the checkpoint in errors."""
+                 dtype: jnp.dtype | None = None, *, source: str | None = None,
+                 place: Place | None = None) -> Transformer:
+    """Builds the model from `(hf_name, array)` pairs; `source` (a path) names the checkpoint in errors;
+    `place` puts each parameter on device (default: the default device)."""
     dtype = jnp.dtype(default_dtype() if dtype is None else dtype)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, dtype=dtype, rngs=nnx.Rngs(0))))
     flat = list(nnx.to_flat_state(state))
     shapes = {_dotted(path): var.get_value().shape for path, var in flat}
-    assembler = _Assembler(config, shapes, dtype, source)
+    assembler = _Assembler(config, shapes, dtype, source, place or (lambda _, value: jax.device_put(value)))
     for name, tensor in tensors:
         assembler.add(name, tensor)
     arrays = assembler.finish()
@@ -46,10 +51,10 @@ class _Assembler:
     """Checks each HF tensor against the model and puts it on device, or into its fused parameter's buffer."""
 
     def __init__(self, config: ModelConfig, shapes: dict[str, tuple[int, ...]], dtype: jnp.dtype,
-                 source: str | None):
+                 source: str | None, place: Place):
         names = FAMILIES[config.family].weights
         self.family, self.renames, self.shapes = config.family, names.renames, shapes
-        self.dtype, self.source = dtype, source
+        self.dtype, self.source, self.place = dtype, source, place
         self.expected = _expected_names(config, shapes)
         tied_head = [r"lm_head\.weight"] if config.tie_embeddings else []  # HF ignores it too when tied
         self.ignored = re.compile("|".join([*names.ignored, *tied_head]))
@@ -80,7 +85,7 @@ class _Assembler:
             raise ModelLoadError(self.source, f"tensor '{hf_name}' has shape {found}, expected {hf_shape}")
         value = np.asarray(tensor.T if is_kernel else tensor).astype(self.dtype, copy=False)
         if dest.part is None:
-            self.placed[dest.param] = jax.device_put(value)
+            self.placed[dest.param] = self.place(dest.param, value)
             return
         if dest.param not in self.partial:
             self.partial[dest.param] = (np.empty(self.shapes[dest.param], self.dtype), set())
@@ -88,7 +93,7 @@ class _Assembler:
         buffer[..., self.slices[dest.part]] = value
         filled.add(dest.part)
         if filled == self.parts_of[dest.param]:
-            self.placed[dest.param] = jax.device_put(self.partial.pop(dest.param)[0])
+            self.placed[dest.param] = self.place(dest.param, self.partial.pop(dest.param)[0])
 
     def finish(self) -> dict[str, jax.Array]:
         missing = sorted(set(self.expected) - self.seen)
