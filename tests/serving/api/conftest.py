@@ -1,0 +1,59 @@
+"""One real `tpuserve serve` process for the whole API test session, plus the clients that talk to it.
+
+The server runs with an API key so every test also exercises auth; the clients send it. The model is the
+embedded SmolLM2-135M-Instruct; `loaded` is the same checkpoint in-process, for independent references
+(tokenizer counts, chat templates, offline `LLM` output).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.serving.api.server_process import ENGINE_ARGS, ServerProcess
+from tpuserve.model import LoadedModel, load_model
+
+API_KEY = "test-key-" + "".join(random.choices("abcdef0123456789", k=12))
+REQUEST_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess.start(tmp_path_factory.mktemp("server") / "server.log", *ENGINE_ARGS,
+                                  api_key=API_KEY)
+    yield process
+    status = process.stop()
+    assert status == 0, f"server exited with {status} on SIGTERM:\n{process.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    """Raw HTTP with the API key: for what the openai client hides (status codes, SSE framing)."""
+    with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=REQUEST_TIMEOUT_S) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> openai.OpenAI:
+    """The official client; no retries, so a 5xx shows up as a failure instead of being retried."""
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0,
+                         timeout=REQUEST_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def model_name(http: httpx.Client) -> str:
+    return http.get("/v1/models").json()["data"][0]["id"]
+
+
+@pytest.fixture(scope="session")
+def loaded() -> LoadedModel:
+    return load_model(None)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random()

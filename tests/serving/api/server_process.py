@@ -1,0 +1,93 @@
+"""Run the real `tpuserve serve` as a child process, the way a user would, for end-to-end tests.
+
+The conformance suite must see exactly what clients see (argument parsing, start-up, uvicorn, SSE framing,
+signals), so nothing here imports the app: the server is started with `python -m`, found through its
+`/health` endpoint, and stopped with SIGTERM, whose exit status is part of the contract (a clean 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ENGINE_ARGS = ("--max-model-len", "1024", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
+               "--page-size", "16")
+"""Small buckets shared with the in-process `LLM` of the tests, so compiles hit one persistent cache."""
+ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16}
+START_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 30.0
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or never became healthy; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """One `tpuserve serve` child; `base_url` is the root (no `/v1`), `log_path` holds its output."""
+
+    process: subprocess.Popen
+    base_url: str
+    api_key: str | None
+    log_path: Path
+
+    @classmethod
+    def start(cls, log_path: Path, *args: str, api_key: str | None = None,
+              timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
+        """Start on a free port and return once `/health` answers 200 (after load and compile)."""
+        port = free_port()
+        command = [sys.executable, "-m", "tpuserve.serving.cli.main", "serve", *args,
+                   "--host", "127.0.0.1", "--port", str(port)]
+        if api_key is not None:
+            command += ["--api-key", api_key]
+        with log_path.open("w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        server = cls(process, f"http://127.0.0.1:{port}", api_key, log_path)
+        server._wait_healthy(timeout_s)
+        return server
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager would; returns the exit status (killed if it hangs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise ServerStartError(f"server not healthy after {timeout_s:.0f} s:\n{self.log_tail()}")
