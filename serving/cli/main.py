@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from tpuserve.model import ModelLoadError, load_model
 from tpuserve.model.info import model_info
 from tpuserve.model.loading import save_converted
+from tpuserve.serving.bench.cli import register_bench
 
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_HELP = "parameter dtype (default: float32 on CPU, bfloat16 on accelerators)"
@@ -66,6 +67,7 @@ def register_convert(subparsers: Subparsers) -> None:
 
 
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (register_serve, register_info, register_convert)
+COMMANDS += (register_bench,)
 
 
 def build_parser() -> argparse.ArgumentParser:
