@@ -10,13 +10,13 @@ import httpx
 DONE = "[DONE]"
 
 
-def read_events(response: httpx.Response) -> list[Any]:
+def read_events(body: str) -> list[Any]:
     """Each `data:` payload of an SSE body, JSON-decoded except the final `[DONE]` marker.
 
     Events are separated by blank lines; a payload that is neither JSON nor `[DONE]` fails loudly here.
     """
     events = []
-    for block in response.text.split("\n\n"):
+    for block in body.split("\n\n"):
         data = [line.removeprefix("data:").strip() for line in block.splitlines() if line.startswith("data:")]
         if data:
             payload = "\n".join(data)
@@ -30,7 +30,7 @@ def stream(http: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.text.endswith("data: [DONE]\n\n")
-    events = read_events(response)
+    events = read_events(response.text)
     assert events.count(DONE) == 1 and events[-1] == DONE
     return events[:-1]
 

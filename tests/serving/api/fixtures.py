@@ -1,8 +1,9 @@
-"""One real `tpuserve serve` process for the whole API test session, plus the clients that talk to it.
+"""Fixtures around one real `tpuserve serve` process for the whole test session, and its clients.
 
-The server runs with an API key so every test also exercises auth; the clients send it. The model is the
-embedded SmolLM2-135M-Instruct; `loaded` is the same checkpoint in-process, for independent references
-(tokenizer counts, chat templates, offline `LLM` output).
+Loaded as a plugin by tests/conftest.py (not as a conftest) so that tests outside this package, like the
+README test, share this server instead of starting a second one. It runs with an API key so every test
+also exercises auth; the clients send it. The model is the embedded SmolLM2-135M-Instruct; `loaded` is the
+same checkpoint in-process, for independent references (token counts, chat templates, offline `LLM`).
 """
 
 from __future__ import annotations
