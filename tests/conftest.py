@@ -6,3 +6,6 @@ import os
 import tempfile
 
 os.environ.setdefault("TPUSERVE_CACHE", tempfile.mkdtemp(prefix="tpuserve-test-cache-"))
+
+# The end-to-end API fixtures (one real server per session) are shared with tests/test_readme.py.
+pytest_plugins = ("tests.serving.api.fixtures",)
