@@ -16,6 +16,7 @@ from tpuserve.model import ModelLoadError, load_model
 from tpuserve.model.info import model_info
 from tpuserve.model.loading import save_converted
 from tpuserve.serving.bench.cli import register_bench
+from tpuserve.serving.cli.serve import add_serve_arguments, serve
 
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_HELP = "parameter dtype (default: float32 on CPU, bfloat16 on accelerators)"
@@ -26,13 +27,6 @@ MODEL_HELP = "a .gguf file, a Hugging Face directory or a tpuserve Orbax directo
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    loaded = load_model(args.model, args.dtype)
-    print(f"loaded {loaded.source}: {loaded.config.family}, {loaded.dtype.name}")
-    print("server not implemented yet")
-    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -49,7 +43,8 @@ def _convert(args: argparse.Namespace) -> int:
 def register_serve(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("serve", help="load a model and serve the OpenAI-compatible API")
     _add_model_arguments(parser)
-    parser.set_defaults(run=_serve)
+    add_serve_arguments(parser)
+    parser.set_defaults(run=serve)
 
 
 def register_info(subparsers: Subparsers) -> None:

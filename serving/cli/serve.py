@@ -1,0 +1,134 @@
+"""`tpuserve serve [MODEL]`: load, compile every bucket, then serve the OpenAI-compatible API.
+
+Flags use vLLM's names so `vllm serve` command lines carry over. Start-up progress goes to stderr;
+`tpuserve: serving NAME at URL` is printed only when the server accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from tpuserve.serving.api.context import ServingContext
+from tpuserve.serving.api.launcher import PortInUseError, bind_socket, run_server, url
+from tpuserve.serving.api.server import build_app
+from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.llm import LLM
+from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS
+
+log = logging.getLogger("tpuserve.serve")
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+API_KEY_ENV = "TPUSERVE_API_KEY"
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def memory_size(text: str) -> int:
+    """Bytes from `4G`, `512MiB`, `1.5GB` or a plain number (binary units, as vLLM's size flags)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (try 2G or 512M)")
+    return int(float(match[1]) * SIZE_UNITS[match[2].upper()])
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    server.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="model name(s) clients use; the first appears in responses (default: MODEL)",
+    )
+    server.add_argument(
+        "--api-key",
+        nargs="+",
+        metavar="KEY",
+        help=f"require 'Authorization: Bearer KEY' on /v1 routes (also ${API_KEY_ENV})",
+    )
+    server.add_argument(
+        "--chat-template", type=Path, metavar="FILE", help="Jinja chat template overriding the model's"
+    )
+    server.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=MAX_TOP_LOGPROBS,
+        help=f"most logprobs a request may ask for (default and maximum: {MAX_TOP_LOGPROBS})",
+    )
+    server.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    engine.add_argument("--max-num-seqs", type=int, default=64, help="most sequences per step (default: 64)")
+    engine.add_argument(
+        "--max-num-batched-tokens", type=int, default=512, help="tokens per step (default: 512)"
+    )
+    engine.add_argument("--page-size", type=int, default=16, help="tokens per KV-cache page (default: 16)")
+    engine.add_argument("--kv-cache-memory", type=memory_size, metavar="SIZE", help="KV-cache size, e.g. 4G")
+    engine.add_argument("--seed", type=int, default=0, help="engine seed for unseeded requests (default: 0)")
+    engine.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse KV pages of shared prompt prefixes (default: on)",
+    )
+    engine.add_argument("--tensor-parallel-size", type=int, default=1, help="devices to split the model over")
+    engine.add_argument(
+        "--compilation-cache-dir", help="JAX compilation cache (default: $TPUSERVE_CACHE/jax)"
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.getLogger("tpuserve").setLevel(args.log_level.upper())
+    if not 0 <= args.max_logprobs <= MAX_TOP_LOGPROBS:
+        return _fail(f"--max-logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    chat_template = _read_chat_template(args.chat_template)
+    api_keys = args.api_key or ([os.environ[API_KEY_ENV]] if os.environ.get(API_KEY_ENV) else [])
+    try:
+        sock = bind_socket(args.host, args.port)
+    except PortInUseError as error:
+        return _fail(str(error))
+    log.info("tpuserve: loading %s and compiling", args.model or DEFAULT_MODEL_NAME)
+    llm = LLM(
+        args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        page_size=args.page_size,
+        kv_cache_memory=args.kv_cache_memory,
+        enable_prefix_caching=args.enable_prefix_caching,
+        seed=args.seed,
+        compilation_cache_dir=args.compilation_cache_dir,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )
+    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
+    engine = AsyncEngine(llm.engine)
+    try:
+        ctx = ServingContext.create(
+            engine, llm.loaded, names, max_logprobs=args.max_logprobs, chat_template=chat_template
+        )
+        ready = f"tpuserve: serving {names[0]} at {url(args.host, sock.getsockname()[1])}"
+        run_server(build_app(ctx, api_keys), sock, ready, args.log_level)
+    finally:
+        engine.shutdown()
+    log.info("tpuserve: stopped")
+    return 0
+
+
+def _read_chat_template(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise SystemExit(f"error: cannot read --chat-template {path}: {error.strerror}") from None
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
