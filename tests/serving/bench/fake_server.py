@@ -104,8 +104,9 @@ def serving(script: Script) -> Iterator[tuple[str, Recorder]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(make_app(script, recorder), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    # log_config=None: uvicorn's own dictConfig would close the handlers pytest captures output with.
+    config = uvicorn.Config(make_app(script, recorder), host="127.0.0.1", port=port, log_config=None)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
