@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from tpuserve.model import LoadedModel, load_model
-from tpuserve.model.sharding import ShardPlan, make_mesh, model_shards, shard_model
+from tpuserve.model.sharding import ShardPlan, make_mesh, model_mesh, model_shards, shard_model
 from tpuserve.serving.compilation import enable_compilation_cache
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.engine import Engine
@@ -30,8 +30,8 @@ Conversation = Sequence[Mapping[str, Any]]
 class LLM:
     """Loads a model (or takes a `LoadedModel`), compiles every bucket once, then generates batches.
 
-    `tensor_parallel_size` > 1 splits the model over that many devices (`tpuserve.model.sharding`);
-    `kv_cache_memory` is then a per-device budget.
+    `tensor_parallel_size` > 1 splits the model over that many devices (`tpuserve.model.sharding`): the
+    first of `devices` (default `jax.devices()`); `kv_cache_memory` is then a per-device budget.
     """
 
     def __init__(
@@ -50,9 +50,10 @@ class LLM:
         backend: str = "auto",
         use_tqdm: bool = True,
         tensor_parallel_size: int = 1,
+        devices: Sequence[jax.Device] | None = None,
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
-        self.loaded = _load(model, dtype, tensor_parallel_size)
+        self.loaded = _load(model, dtype, tensor_parallel_size, devices)
         max_model_len = max_model_len or self.loaded.config.max_position_embeddings
         if num_pages is None:
             num_pages = _pages_for_memory(self.loaded, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, page_size)
@@ -152,16 +153,20 @@ def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int
     return list(params)
 
 
-def _load(model: str | LoadedModel | None, dtype: str | None, tensor_parallel_size: int) -> LoadedModel:
-    """Load (split as it is read) or take a `LoadedModel`, splitting it if it is not split yet."""
-    mesh = make_mesh(tensor_parallel_size) if tensor_parallel_size > 1 else None
+def _load(model: str | LoadedModel | None, dtype: str | None, tensor_parallel_size: int,
+          devices: Sequence[jax.Device] | None) -> LoadedModel:
+    """Load (split as it is read) or take a `LoadedModel`, splitting it if it is still whole. Named
+    devices always get a mesh, even of one device, so the model lands on them and not on the default."""
+    mesh = None
+    if tensor_parallel_size > 1 or devices is not None:
+        mesh = make_mesh(tensor_parallel_size, devices=devices)
     if not isinstance(model, LoadedModel):
         return load_model(model, dtype, mesh=mesh)
-    current = model_shards(model.model)
-    if current == tensor_parallel_size:
+    current = model_mesh(model.model)
+    if mesh is None or current == mesh:
         return model
-    if current > 1 or mesh is None:
-        raise ValueError(f"the model is already split {current} ways, not {tensor_parallel_size}")
+    if current is not None:
+        raise ValueError("the model is already split over other devices; pass its checkpoint instead")
     return dataclasses.replace(model, model=shard_model(model.model, ShardPlan(model.config, mesh)))
 
 

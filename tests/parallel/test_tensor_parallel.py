@@ -1,0 +1,92 @@
+"""Tensor parallel sizes 1, 2, 4 (3 for SmolLM2's 9 query / 3 KV heads) give the same model.
+
+Each checkpoint runs once in a worker with 8 fake CPU devices (`workers/tp_run.py`); size 1 is the plain
+single-device engine, the oracle. Checked here: dense logits and the engine's greedy tokens and top
+logprobs within 1e-4 of size 1, no compiles while serving, and every parameter's and the KV cache's actual
+sharding against the Megatron layout written out independently below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.parallel.checkpoints import COMMON, FAMILIES, write_family_checkpoint
+from tests.parallel.run_worker import run_worker
+
+TOLERANCE = 1e-4
+# parameter name ending -> (sharded axis or None, what that axis counts)
+EXPECTED_AXIS: dict[str, int | None] = {
+    "embedder.embedding": 0, "lm_head.kernel": 1, "qkv.kernel": 1, "qkv.bias": 0, "o.kernel": 0,
+    "gate_up.kernel": 1, "down.kernel": 0, "o.bias": None, "scale": None,
+}
+
+
+def run_sizes(name: str, workdir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """The worker's reports and dense logits for one checkpoint, keyed by tensor parallel size."""
+    out = workdir / f"{name}.json"
+    if name == "smollm2":
+        reports = run_worker("tp_run", "default", "1,3", out=out)
+    else:
+        reports = run_worker("tp_run", write_family_checkpoint(name, workdir / name), "1,2,4", out=out)
+    with np.load(out.with_suffix(".npz")) as logits:
+        return reports, dict(logits)
+
+
+def heads(name: str) -> tuple[int, int, int, int]:
+    """(query heads, KV heads, head_dim, vocab) of a test checkpoint, from its HF config."""
+    if name == "smollm2":
+        return 9, 3, 64, 49152
+    overrides = FAMILIES[name][2]
+    return (overrides["num_attention_heads"], overrides["num_key_value_heads"], COMMON["head_dim"],
+            overrides["vocab_size"])
+
+
+def check_layout(name: str, tp: int, report: dict[str, Any]) -> None:
+    num_heads, num_kv, head_dim, vocab = heads(name)
+    kv_held = max(num_kv, tp)  # fewer KV heads than shards: each shard holds a copy
+    assert report["served_kv_heads"] == kv_held
+    padded_vocab = -(-vocab // tp) * tp
+    for path, layout in report["params"].items():
+        suffix = next(s for s in EXPECTED_AXIS if path.endswith(s))
+        axis = EXPECTED_AXIS[suffix]
+        assert layout["num_devices"] == tp, path
+        if tp == 1:
+            assert layout["spec"] is None and layout["shard_shape"] == layout["shape"], path
+            continue
+        expected = [None] * len(layout["shape"])
+        if axis is not None:
+            expected[axis] = "model"
+        assert layout["spec"] == expected, path
+        split = [n // tp if a == "model" else n for n, a in zip(layout["shape"], expected, strict=True)]
+        assert layout["shard_shape"] == split, path
+        if suffix == "qkv.kernel":
+            assert layout["shape"][1] == (num_heads + 2 * kv_held) * head_dim
+        if suffix in ("embedder.embedding", "lm_head.kernel"):
+            assert layout["shape"][axis] == padded_vocab
+    cache = report["kv_cache"]
+    assert cache["shape"][2] == 2 * kv_held and cache["num_devices"] == tp
+    if tp > 1:
+        assert cache["spec"] == [None, None, "model", None]
+        assert cache["shard_shape"][2] == 2 * kv_held // tp
+
+
+def check_same_model(reference: dict[str, Any], report: dict[str, Any]) -> None:
+    assert report["tokens"] == reference["tokens"]
+    for ours, theirs in zip(report["top_logprobs"], reference["top_logprobs"], strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+    assert report["compiles_while_serving"] == 0
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma2", "smollm2"])
+def test_tensor_parallel_matches_single_device(name: str, tmp_path: Path) -> None:
+    runs, logits = run_sizes(name, tmp_path)
+    reference = runs["1"]
+    assert all(len(tokens) == 6 for tokens in reference["tokens"])
+    for tp, report in runs.items():
+        check_layout(name, int(tp), report)
+        check_same_model(reference, report)
+        np.testing.assert_allclose(logits[tp], logits["1"], atol=TOLERANCE, rtol=0)
