@@ -1,4 +1,4 @@
-"""Start a worker script under 8 fake CPU devices and read back its JSON report.
+"""Start worker scripts under fake CPU devices and read back their JSON reports.
 
 JAX fixes its device count when it is first imported, and the test process imported it long ago, so
 every multi-device body runs in a fresh interpreter with XLA_FLAGS set from the start.
@@ -15,18 +15,32 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_DEVICES = 8
+TIMEOUT = 900
 
 
-def device_env(num_devices: int = NUM_DEVICES) -> dict[str, str]:
-    """This process's environment (the suite's TPUSERVE_CACHE included) with fake CPU devices."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
+def start_worker(module: str, *args: str | os.PathLike[str],
+                 num_devices: int = NUM_DEVICES) -> subprocess.Popen:
+    """`python -m tests.parallel.workers.MODULE ARGS...` with this environment (the suite's TPUSERVE_CACHE
+    included) and NUM_DEVICES fake CPU devices."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
+    command = [sys.executable, "-m", f"tests.parallel.workers.{module}", *map(str, args)]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
-def run_worker(module: str, *args: str | os.PathLike[str], out: Path, timeout: float = 600) -> dict[str, Any]:
-    """`python -m tests.parallel.workers.MODULE ARGS... OUT`; a failing worker fails with its stderr."""
-    command = [sys.executable, "-m", f"tests.parallel.workers.{module}", *map(str, args), str(out)]
-    result = subprocess.run(command, cwd=REPO, env=device_env(), capture_output=True, text=True,
-                            timeout=timeout, check=False)
-    assert result.returncode == 0, f"worker {module} failed:\n{result.stderr[-4000:]}"
+def finish(worker: subprocess.Popen, timeout: float = TIMEOUT) -> None:
+    """Wait for WORKER; a worker that fails or hangs fails the test with the end of its stderr."""
+    try:
+        _, stderr = worker.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        _, stderr = worker.communicate()
+        raise AssertionError(f"worker {worker.args[2]} hung:\n{stderr[-4000:]}") from None
+    assert worker.returncode == 0, f"worker {worker.args[2]} failed:\n{stderr[-4000:]}"
+
+
+def run_worker(module: str, *args: str | os.PathLike[str], out: Path) -> dict[str, Any]:
+    """Run one worker to completion; it writes its report to OUT, its last argument."""
+    finish(start_worker(module, *args, out))
     return json.loads(out.read_text())
