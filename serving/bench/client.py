@@ -8,6 +8,7 @@ message that carries text, since a role-only first delta would otherwise fake a 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -52,13 +53,15 @@ class RequestResult:
 
 
 class SSEBuffer:
-    """Accumulates streamed bytes and returns the payloads of complete `data:` lines (comments skipped)."""
+    """Accumulates streamed bytes and returns the payloads of complete `data:` lines (comments skipped).
+    Decoding is incremental: a network read may end inside a multi-byte character."""
 
     def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._buffer = ""
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buffer += chunk.decode("utf-8")
+        self._buffer += self._decoder.decode(chunk)
         *events, self._buffer = self._buffer.replace("\r\n", "\n").split("\n\n")
         return [line.removeprefix("data:").strip()
                 for event in events for line in event.splitlines() if line.startswith("data:")]

@@ -47,15 +47,22 @@ def make_client(max_concurrency: int | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits, trust_env=False)
 
 
-async def first_model(base_url: str) -> str:
-    """vLLM's default `--model`: the first id the server lists under `/v1/models`."""
+async def first_model(base_url: str, ready_timeout_s: float = 0.0) -> str:
+    """vLLM's default `--model`: the first id the server lists under `/v1/models`. Connection failures are
+    retried for READY_TIMEOUT_S, since a server that is still loading does not listen yet."""
+    deadline = time.perf_counter() + ready_timeout_s
     async with httpx.AsyncClient(trust_env=False) as client:
-        try:
-            response = await client.get(f"{base_url}/v1/models")
-            response.raise_for_status()
-            return response.json()["data"][0]["id"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
-            raise BenchError(f"cannot read the model list from {base_url}/v1/models ({error})") from None
+        while True:
+            try:
+                response = await client.get(f"{base_url}/v1/models")
+                response.raise_for_status()
+                return response.json()["data"][0]["id"]
+            except httpx.TransportError as error:
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"cannot connect to {base_url} ({error})") from None
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
+                raise BenchError(f"cannot read the model list from {base_url}/v1/models ({error})") from None
+            await asyncio.sleep(READY_RETRY_S)
 
 
 async def run_load(config: LoadConfig,

@@ -58,7 +58,7 @@ async def benchmark_serve(args: argparse.Namespace) -> dict[str, Any]:
     percentiles = parse_percentiles(args.metric_percentiles)
     goodput = parse_goodput(args.goodput)
     base_url, url = bench_args.target_urls(args)
-    model = args.model or await first_model(base_url)
+    model = args.model or await first_model(base_url, args.ready_check_timeout_sec)
     tokenizer, tokenizer_id = bench_args.tokenizer_for(args, model)
     requests = bench_args.sample_requests(args, tokenizer, args.num_prompts)
     config = bench_args.load_config(args, url, model, request_rate=args.request_rate,

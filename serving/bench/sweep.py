@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 async def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One vLLM-style run per concurrency (request rate inf, so the cap alone sets the load)."""
     base_url, url = bench_args.target_urls(args)
-    model = args.model or await first_model(base_url)
+    model = args.model or await first_model(base_url, args.ready_check_timeout_sec)
     tokenizer, _ = bench_args.tokenizer_for(args, model)
     rows = []
     for concurrency in args.concurrency:
