@@ -109,8 +109,8 @@ async def send_request(client: httpx.AsyncClient, url: str, request: RequestInpu
                     if message == "[DONE]":
                         continue
                     now, data = time.perf_counter(), json.loads(message)
-                    if "error" in data:
-                        result.error = str(data["error"].get("message", data["error"]))
+                    if "error" in data:  # a mid-stream error event: failed, unlike vLLM (which ignores it)
+                        result.error = _error_message(data["error"])
                         return result
                     if choices := data.get("choices"):
                         text = _text(choices[0], chat)
@@ -144,3 +144,7 @@ def _text(choice: Mapping[str, Any], chat: bool) -> str:
         return choice.get("text") or ""
     delta = choice.get("delta") or {}
     return delta.get("content") or delta.get("reasoning_content") or ""
+
+
+def _error_message(error: object) -> str:
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)

@@ -34,6 +34,8 @@ class Script:
     usage_per_chunk: int = 2
     role_first: bool = False
     """Chat only: send a role-only delta immediately, before the first content (fakes an early TTFT)."""
+    error_after: int | None = None
+    """Send an SSE error event after this many chunks (a server failing mid-stream)."""
 
 
 @dataclasses.dataclass
@@ -82,6 +84,9 @@ async def _events(script: Script, recorder: Recorder, chat: bool, chunks: int,
         if chat and script.role_first:
             yield _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         for i in range(chunks):
+            if i == script.error_after:
+                yield _event({"error": {"message": "scripted mid-stream failure", "code": 500}})
+                return
             await asyncio.sleep(script.first_delay if i == 0 else script.gap)
             word = WORDS[i % len(WORDS)] + " "
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}

@@ -73,6 +73,13 @@ def test_without_usage_the_tokenizer_counts_the_text(tokenizer) -> None:
     assert metrics["total_input_tokens"] == 3 * 2
 
 
+def test_a_mid_stream_error_event_fails_the_request() -> None:
+    with serving(Script(first_delay=0.01, gap=0.01, error_after=2)) as (url, _):
+        [result], _ = run(url + CHAT, requests(1, 5), ready_timeout_s=0)
+    assert not result.success
+    assert result.error == "scripted mid-stream failure"
+
+
 @pytest.mark.parametrize("cap", [1, 3])
 def test_max_concurrency_caps_requests_in_flight(cap: int) -> None:
     with serving(Script(first_delay=0.05, gap=0.01)) as (url, recorder):
