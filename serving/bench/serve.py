@@ -68,6 +68,7 @@ async def benchmark_serve(args: argparse.Namespace) -> dict[str, Any]:
     metrics = calculate_metrics(results, duration, tokenizer, percentiles, percentile_metrics, goodput)
     result = {
         "date": datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "endpoint_type": args.backend,
         "backend": args.backend,
         "label": args.label or args.backend,
         "model_id": model,

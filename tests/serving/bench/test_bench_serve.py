@@ -116,6 +116,7 @@ def test_cli_writes_vllm_result_json(tokenizer_dir: Path, tmp_path: Path) -> Non
         for key in (f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms", f"p50_{metric}_ms",
                     f"p99.9_{metric}_ms"):
             assert math.isfinite(result[key]) and result[key] >= 0, key
+    assert result["mean_ttft_content_ms"] == pytest.approx(result["mean_ttft_ms"])  # no role-only deltas
     assert len(result["itls"]) == num and all(len(itl) == output_len - 1 for itl in result["itls"])
     # The first recorded request is the readiness probe; then one per prompt, as vLLM sends them.
     assert len(recorder.bodies) == num + 1
