@@ -138,7 +138,7 @@ class ShardPlan:
 
     def place(self, path: str, value: HostOrDevice) -> jax.Array:
         """Rewrite a stored parameter (KV-head copies, vocab padding) and put each shard on its device."""
-        return jax.device_put(self._rewrite(path, value), self.sharding(path))
+        return jax.device_put(self.rewrite(path, value), self.sharding(path))
 
     def adopt(self, model: Transformer) -> Transformer:
         """The same parameters under a module built from `served_config` (its attention reads the
@@ -146,7 +146,8 @@ class ShardPlan:
         served = nnx.eval_shape(lambda: Transformer(self.served_config, rngs=nnx.Rngs(0)))
         return nnx.merge(nnx.graphdef(served), nnx.state(model))
 
-    def _rewrite(self, path: str, value: HostOrDevice) -> HostOrDevice:
+    def rewrite(self, path: str, value: HostOrDevice) -> HostOrDevice:
+        """A parameter as stored -> as served (KV-head copies, vocab padding); others unchanged."""
         xp = np if isinstance(value, np.ndarray) else jnp
         if path == "embedder.embedding":
             return _pad_axis(xp, value, 0, self.padded_vocab)
