@@ -72,7 +72,7 @@ class ServingContext:
         outputs = self.engine.generate(
             request_id, prompt.token_ids, params, prompt=prompt.text, priority=priority
         )
-        return self.metrics.track(outputs)
+        return self.metrics.track(outputs, len(prompt.token_ids), params.n)
 
 
 def new_request_id(prefix: str, requested: str | None) -> str:

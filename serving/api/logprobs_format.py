@@ -11,9 +11,19 @@ import math
 from collections.abc import Callable, Sequence
 
 from tpuserve.serving.api.responses import ChatLogprob, ChatLogprobs, ChatLogprobsContent, CompletionLogprobs
-from tpuserve.serving.outputs import Logprob, PositionLogprobs
+from tpuserve.serving.outputs import CompletionOutput, Logprob, PositionLogprobs
 
 MIN_LOGPROB = -9999.0
+
+
+def visible_logprobs(
+    completion: CompletionOutput, include_stop_str_in_output: bool
+) -> tuple[list[int], list[PositionLogprobs]]:
+    """Token ids and logprobs of the text the client sees: an EOS or stop token that ended the output is
+    not part of the text, so it is left out, and the listed tokens spell the content exactly."""
+    ended_on_token = completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str)
+    end = len(completion.token_ids) - (ended_on_token and not include_stop_str_in_output)
+    return completion.token_ids[:end], (completion.logprobs or [])[:end]
 
 
 def clamp(logprob: float) -> float:

@@ -116,8 +116,11 @@ class ServerMetrics:
         self.inter_token = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
 
-    async def track(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-        """Pass a request's outputs through, observing its tokens and latencies; counts it when it ends."""
+    async def track(
+        self, outputs: AsyncIterator[RequestOutput], num_prompt_tokens: int, n: int
+    ) -> AsyncIterator[RequestOutput]:
+        """Pass a request's outputs through, observing its tokens and latencies; counts it when it ends
+        (as n aborted sequences if it ends, e.g. by a disconnect, before its first output)."""
         last: RequestOutput | None = None
         last_time = 0.0
         try:
@@ -135,6 +138,9 @@ class ServerMetrics:
         finally:
             if last is not None:
                 self._count(last)
+            else:
+                self.prompt_tokens += num_prompt_tokens
+                self.finished["abort"] += n
 
     def _count(self, output: RequestOutput) -> None:
         self.prompt_tokens += len(output.prompt_token_ids)

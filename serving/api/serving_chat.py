@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from tpuserve.serving.api.context import ServingContext, new_request_id, now
 from tpuserve.serving.api.errors import APIError, sse_error
-from tpuserve.serving.api.logprobs_format import chat_logprobs, prompt_logprobs_json
+from tpuserve.serving.api.logprobs_format import chat_logprobs, prompt_logprobs_json, visible_logprobs
 from tpuserve.serving.api.params import resolve_max_tokens, sampling_params
 from tpuserve.serving.api.prompts import TokensPrompt, check_fits_context, message_text, render_chat
 from tpuserve.serving.api.protocol import ChatCompletionRequest
@@ -20,6 +20,7 @@ from tpuserve.serving.api.responses import (
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionResponse,
+    ChatLogprobs,
     ChatStreamChoice,
     DeltaMessage,
     ResponseMessage,
@@ -96,10 +97,11 @@ def _top_logprobs(request: ChatCompletionRequest, max_logprobs: int) -> int | No
     return k
 
 
-def _logprobs(job: ChatJob, completion: CompletionOutput, start: int = 0):
+def _logprobs(job: ChatJob, completion: CompletionOutput, start: int = 0) -> ChatLogprobs | None:
     if job.top_logprobs is None:
         return None
-    return chat_logprobs(completion.token_ids[start:], completion.logprobs[start:], job.top_logprobs)
+    token_ids, positions = visible_logprobs(completion, job.request.include_stop_str_in_output)
+    return chat_logprobs(token_ids[start:], positions[start:], job.top_logprobs)
 
 
 async def full_response(job: ChatJob, outputs: AsyncIterator[RequestOutput]) -> ChatCompletionResponse:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tpuserve.serving.api.context import ServingContext, new_request_id, now
 from tpuserve.serving.api.errors import sse_error
-from tpuserve.serving.api.logprobs_format import completion_logprobs, prompt_logprobs_json
+from tpuserve.serving.api.logprobs_format import completion_logprobs, prompt_logprobs_json, visible_logprobs
 from tpuserve.serving.api.params import resolve_max_tokens, sampling_params
 from tpuserve.serving.api.prompts import TokensPrompt, check_fits_context, completion_prompts
 from tpuserve.serving.api.protocol import CompletionRequest
@@ -83,13 +83,14 @@ def prepare_completion(
 
 
 def _choice(job: CompletionJob, output: RequestOutput, completion: CompletionOutput) -> _Choice:
+    token_ids, positions = visible_logprobs(completion, job.request.include_stop_str_in_output)
     if not job.request.echo:
-        return _Choice(completion.text, completion.token_ids, completion.logprobs or [])
+        return _Choice(completion.text, token_ids, positions)
     prompt_text = output.prompt if output.prompt is not None else job.decode(output.prompt_token_ids)
     return _Choice(
         prompt_text + completion.text,
-        output.prompt_token_ids + completion.token_ids,
-        (output.prompt_logprobs or []) + (completion.logprobs or []),
+        output.prompt_token_ids + token_ids,
+        (output.prompt_logprobs or []) + positions,
     )
 
 
@@ -110,6 +111,7 @@ async def full_response(
     job: CompletionJob, streams: list[AsyncIterator[RequestOutput]]
 ) -> CompletionResponse:
     finals = await final_outputs(streams)
+    asked = job.request.prompt_logprobs is not None  # echo's own prompt logprobs go in `logprobs` only
     choices = []
     for i, output in enumerate(finals):
         for completion in output.outputs:
@@ -121,7 +123,7 @@ async def full_response(
                     logprobs=_logprobs(job, choice, 0, 0),
                     finish_reason=completion.finish_reason,
                     stop_reason=completion.stop_reason,
-                    prompt_logprobs=prompt_logprobs_json(output.prompt_logprobs),
+                    prompt_logprobs=prompt_logprobs_json(output.prompt_logprobs if asked else None),
                 )
             )
     return CompletionResponse(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from tpuserve.model import load_model
 from tpuserve.serving import LLM, SamplingParams
 from tpuserve.serving.api import ServingContext, build_app
 from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.cli.main import main
 
 NAME = "smol-test"
 KEY = "k-" + "".join(random.choices("0123456789abcdef", k=10))
@@ -246,3 +248,12 @@ def test_api_key_guards_v1_only(ctx: ServingContext) -> None:
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == 401
     assert client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+def test_serve_refuses_a_busy_port_before_loading(capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--port", str(busy.getsockname()[1])]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: cannot listen on 127.0.0.1:")

@@ -10,12 +10,17 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tpuserve.serving.api.errors import APIError, install_error_handlers
-from tpuserve.serving.api.logprobs_format import MIN_LOGPROB, chat_logprobs, completion_logprobs
+from tpuserve.serving.api.logprobs_format import (
+    MIN_LOGPROB,
+    chat_logprobs,
+    completion_logprobs,
+    visible_logprobs,
+)
 from tpuserve.serving.api.metrics import Histogram
 from tpuserve.serving.api.params import generation_defaults, resolve_max_tokens
 from tpuserve.serving.api.prompts import message_text
 from tpuserve.serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from tpuserve.serving.outputs import Logprob
+from tpuserve.serving.outputs import CompletionOutput, Logprob
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -166,3 +171,19 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert lines[:3] == ['h_bucket{m="x",le="1.0"} 1', 'h_bucket{m="x",le="2.0"} 3',
                          'h_bucket{m="x",le="+Inf"} 4']
     assert lines[-1] == 'h_count{m="x"} 4' and math.isclose(histogram.sum, sum(values))
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "stop_reason", "include_stop", "hidden"),
+    [("stop", None, False, 1), ("stop", 7, False, 1), ("stop", 7, True, 0), ("stop", "END", False, 0),
+     ("length", None, False, 0)],
+)
+def test_visible_logprobs_drop_only_a_hidden_stop_token(finish_reason: str, stop_reason: int | str | None,
+                                                        include_stop: bool, hidden: int) -> None:
+    rng = random.Random()
+    tokens = [rng.randrange(100, 200) for _ in range(rng.randrange(2, 6))]
+    positions = [_position(rng, t, 1) for t in tokens]
+    completion = CompletionOutput(0, "text", tokens, None, positions, finish_reason, stop_reason)
+    visible_ids, visible_positions = visible_logprobs(completion, include_stop)
+    assert visible_ids == tokens[: len(tokens) - hidden]
+    assert visible_positions == positions[: len(tokens) - hidden]
