@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from tests.parallel.checkpoints import write_family_checkpoint
-from tests.parallel.run_worker import finish, run_worker, start_worker
+from tests.parallel.run_worker import finish, start_worker
 
 
 def free_port() -> int:
@@ -22,7 +22,7 @@ def test_model_split_over_two_processes_generates_as_one(tmp_path: Path) -> None
     checkpoint = write_family_checkpoint("llama", tmp_path / "llama")
     coordinator = f"localhost:{free_port()}"
     processes = {role: start_worker("mh_run", role, checkpoint, tmp_path / f"{role}.json", coordinator,
-                                    num_devices=2) for role in ("leader", "follower")}
+                                    num_devices=2) for role in ("leader", "follower", "single")}
     try:
         for process in processes.values():
             finish(process)
@@ -31,8 +31,7 @@ def test_model_split_over_two_processes_generates_as_one(tmp_path: Path) -> None
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    leader, follower = (json.loads((tmp_path / f"{role}.json").read_text()) for role in processes)
-    single = run_worker("mh_run", "single", checkpoint, out=tmp_path / "single.json")
+    leader, follower, single = (json.loads((tmp_path / f"{role}.json").read_text()) for role in processes)
     assert leader["devices"] == follower["devices"] == 4
     assert leader["local_devices"] == follower["local_devices"] == 2
     assert leader["tokens"] == single["tokens"]

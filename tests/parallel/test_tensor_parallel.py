@@ -8,7 +8,6 @@ sharding against the Megatron layout written out independently below.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,14 +24,20 @@ EXPECTED_AXIS: dict[str, int | None] = {
 }
 
 
-def run_sizes(name: str, workdir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """The worker's reports and dense logits for one checkpoint, keyed by tensor parallel size."""
-    out = workdir / f"{name}.json"
-    if name == "smollm2":
-        reports = run_worker("tp_run", "default", "1,3", out=out)
-    else:
-        reports = run_worker("tp_run", write_family_checkpoint(name, workdir / name), "1,2,4", out=out)
-    with np.load(out.with_suffix(".npz")) as logits:
+CASES = {"llama": "1,2,4", "qwen3": "1,2,4", "gemma2": "1,2,4", "smollm2": "1,3"}
+Runs = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """All cases in one worker: reports keyed by case and size, dense logits keyed `case/size`."""
+    root = tmp_path_factory.mktemp("tp")
+    args = []
+    for name, sizes in CASES.items():
+        checkpoint = "default" if name == "smollm2" else write_family_checkpoint(name, root / name)
+        args += [name, checkpoint, sizes]
+    reports = run_worker("tp_run", *args, out=root / "tp.json")
+    with np.load(root / "tp.npz") as logits:
         return reports, dict(logits)
 
 
@@ -81,12 +86,13 @@ def check_same_model(reference: dict[str, Any], report: dict[str, Any]) -> None:
     assert report["compiles_while_serving"] == 0
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen3", "gemma2", "smollm2"])
-def test_tensor_parallel_matches_single_device(name: str, tmp_path: Path) -> None:
-    runs, logits = run_sizes(name, tmp_path)
-    reference = runs["1"]
+@pytest.mark.parametrize("name", list(CASES))
+def test_tensor_parallel_matches_single_device(name: str, runs: Runs) -> None:
+    reports, logits = runs
+    reference = reports[name]["1"]
     assert all(len(tokens) == 6 for tokens in reference["tokens"])
-    for tp, report in runs.items():
+    assert list(reports[name]) == CASES[name].split(",")
+    for tp, report in reports[name].items():
         check_layout(name, int(tp), report)
         check_same_model(reference, report)
-        np.testing.assert_allclose(logits[tp], logits["1"], atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(logits[f"{name}/{tp}"], logits[f"{name}/1"], atol=TOLERANCE, rtol=0)

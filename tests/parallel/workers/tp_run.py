@@ -1,9 +1,10 @@
-"""Worker: load one checkpoint at several tensor-parallel sizes and report what each produced, as JSON.
+"""Worker: load checkpoints at several tensor-parallel sizes and report what each produced, as JSON.
 
-Run as `python -m tests.parallel.workers.tp_run CHECKPOINT TP[,TP...] OUT.json` (CHECKPOINT `default` is
-the embedded SmolLM2) in a process whose XLA_FLAGS fake enough CPU devices; the parent test compares the
-sizes and checks the reported shardings. Size 1 loads without a mesh: the single-device engine. Dense
-logits go beside OUT, in OUT with suffix `.npz` (one array per size), as JSON would be large and slow.
+Run as `python -m tests.parallel.workers.tp_run NAME CHECKPOINT TP[,TP...] [NAME CHECKPOINT TP...] OUT.json`
+(CHECKPOINT `default` is the embedded SmolLM2) in a process whose XLA_FLAGS fake enough CPU devices; one
+process serves all cases, as each start costs seconds of imports. The parent test compares the sizes and
+checks the reported shardings. Size 1 loads without a mesh: the single-device engine. Dense logits go
+beside OUT, in OUT with suffix `.npz` (key `NAME/TP`), as JSON would be large and slow.
 """
 
 from __future__ import annotations
@@ -69,16 +70,23 @@ def run(checkpoint: str | None, tp: int, prompts: list[list[int]],
     }, logits
 
 
-def main() -> None:
-    checkpoint, sizes, out = sys.argv[1], [int(s) for s in sys.argv[2].split(",")], Path(sys.argv[3])
-    checkpoint = None if checkpoint == "default" else checkpoint
-    probe = ModelConfig.from_hf(read_hf_config(resolve_checkpoint(checkpoint))[0]).vocab_size
+def run_sizes(checkpoint: str | None, sizes: list[int]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    vocab = ModelConfig.from_hf(read_hf_config(resolve_checkpoint(checkpoint))[0]).vocab_size
     rng = np.random.default_rng(7)
-    prompts = [rng.integers(3, probe, n).tolist() for n in PROMPT_LENS]
-    dense_ids = rng.integers(0, probe, (2, 24)).astype(np.int32)
-    runs = {str(tp): run(checkpoint, tp, prompts, dense_ids) for tp in sizes}
-    np.savez(out.with_suffix(".npz"), **{tp: logits for tp, (_, logits) in runs.items()})
-    out.write_text(json.dumps({tp: report for tp, (report, _) in runs.items()}))
+    prompts = [rng.integers(3, vocab, n).tolist() for n in PROMPT_LENS]
+    dense_ids = rng.integers(0, vocab, (2, 24)).astype(np.int32)
+    return {str(tp): run(checkpoint, tp, prompts, dense_ids) for tp in sizes}
+
+
+def main() -> None:
+    *cases, out = sys.argv[1:]
+    reports, logits = {}, {}
+    for name, checkpoint, sizes in zip(cases[::3], cases[1::3], cases[2::3], strict=True):
+        runs = run_sizes(None if checkpoint == "default" else checkpoint, [int(s) for s in sizes.split(",")])
+        reports[name] = {tp: report for tp, (report, _) in runs.items()}
+        logits.update({f"{name}/{tp}": array for tp, (_, array) in runs.items()})
+    np.savez(Path(out).with_suffix(".npz"), **logits)
+    Path(out).write_text(json.dumps(reports))
 
 
 if __name__ == "__main__":
