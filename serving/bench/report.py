@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ def serve_report(result: Mapping[str, Any], percentile_metrics: Sequence[str],
              _row("Successful requests:", result["completed"]), _row("Failed requests:", result["failed"])]
     if result.get("max_concurrency") is not None:
         lines.append(_row("Maximum request concurrency:", result["max_concurrency"]))
-    if result.get("request_rate") not in (None, "inf") and not math.isinf(result["request_rate"]):
+    if result.get("request_rate", "inf") != "inf":
         lines.append(_row("Request rate configured (RPS):", result["request_rate"]))
     lines += [
         _row("Benchmark duration (s):", result["duration"]),

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 from tqdm.auto import tqdm
@@ -33,8 +34,8 @@ class LoadConfig:
     seed: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None
-    extra_body: dict = dataclasses.field(default_factory=dict)
-    extra_headers: dict = dataclasses.field(default_factory=dict)
+    extra_body: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     num_warmups: int = 0
     ready_timeout_s: float = 600.0
     progress: bool = True
@@ -87,7 +88,8 @@ async def run_load(config: LoadConfig,
 
 
 async def _limited(client: httpx.AsyncClient, url: str, request: RequestInput,
-                   limit: asyncio.Semaphore | contextlib.nullcontext, on_done=None) -> RequestResult:
+                   limit: asyncio.Semaphore | contextlib.nullcontext,
+                   on_done: Callable[[], object] | None = None) -> RequestResult:
     async with limit:
         return await send_request(client, url, request, on_done)
 

@@ -80,17 +80,18 @@ async def benchmark_serve(args: argparse.Namespace) -> dict[str, Any]:
         **metrics,
     }
     print(serve_report(result, percentile_metrics, percentiles))
-    detail = {
-        "input_lens": [r.prompt_len for r in results],
-        "output_lens": output_lengths(results, tokenizer),
-        "ttfts": [r.ttft for r in results],
-        "itls": [r.itl for r in results],
-        "generated_texts": [r.generated_text for r in results],
-        "errors": [r.error for r in results],
-    }
     if args.plot:
         from tpuserve.serving.bench.plots import plot_serve
 
         for path in plot_serve(results, args.plot):
             print(f"wrote {path}")
-    return result | detail if args.save_detailed else result
+    if args.save_detailed:  # vLLM's per-request lists
+        result |= {
+            "input_lens": [r.prompt_len for r in results],
+            "output_lens": output_lengths(results, tokenizer),
+            "ttfts": [r.ttft for r in results],
+            "itls": [r.itl for r in results],
+            "generated_texts": [r.generated_text for r in results],
+            "errors": [r.error for r in results],
+        }
+    return result
