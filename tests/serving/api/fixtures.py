@@ -4,10 +4,14 @@ Loaded as a plugin by tests/conftest.py (not as a conftest) so that tests outsid
 README test, share this server instead of starting a second one. It runs with an API key so every test
 also exercises auth; the clients send it. The model is the embedded SmolLM2-135M-Instruct; `loaded` is the
 same checkpoint in-process, for independent references (token counts, chat templates, offline `LLM`).
+
+Set TPUSERVE_TEST_SERVER=http://HOST:PORT (and TPUSERVE_TEST_API_KEY) to run the suite against a server
+that is already up, e.g. `tpuserve serve --max-model-len 1024 ...` left running while editing tests.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
@@ -18,12 +22,23 @@ import pytest
 from tests.serving.api.server_process import ENGINE_ARGS, ServerProcess
 from tpuserve.model import LoadedModel, load_model
 
-API_KEY = "test-key-" + "".join(random.choices("abcdef0123456789", k=12))
+EXTERNAL_SERVER = os.environ.get("TPUSERVE_TEST_SERVER")
+API_KEY = os.environ.get("TPUSERVE_TEST_API_KEY") or "test-key-" + random.randbytes(6).hex()
 REQUEST_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def loaded() -> LoadedModel:
+    return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, loaded: LoadedModel) -> Iterator[ServerProcess]:
+    """Started after `loaded`, so the server reads the warm converted checkpoint like every later load
+    (a cold GGUF load yields uncommitted arrays, whose programs miss JAX's persistent compile cache)."""
+    if EXTERNAL_SERVER:
+        yield ServerProcess.attach(EXTERNAL_SERVER, API_KEY)
+        return
     process = ServerProcess.start(tmp_path_factory.mktemp("server") / "server.log", *ENGINE_ARGS,
                                   api_key=API_KEY)
     yield process
@@ -48,11 +63,6 @@ def client(server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def model_name(http: httpx.Client) -> str:
     return http.get("/v1/models").json()["data"][0]["id"]
-
-
-@pytest.fixture(scope="session")
-def loaded() -> LoadedModel:
-    return load_model(None)
 
 
 @pytest.fixture

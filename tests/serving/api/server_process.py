@@ -38,12 +38,15 @@ def free_port() -> int:
 
 @dataclasses.dataclass
 class ServerProcess:
-    """One `tpuserve serve` child; `base_url` is the root (no `/v1`), `log_path` holds its output."""
+    """One `tpuserve serve` child; `base_url` is the root (no `/v1`), `log_path` holds its output.
 
-    process: subprocess.Popen
+    Without a `process` it stands for a server started elsewhere (see `attach`): nothing to stop.
+    """
+
     base_url: str
     api_key: str | None
-    log_path: Path
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
 
     @classmethod
     def start(cls, log_path: Path, *args: str, api_key: str | None = None,
@@ -56,19 +59,33 @@ class ServerProcess:
             command += ["--api-key", api_key]
         with log_path.open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        server = cls(process, f"http://127.0.0.1:{port}", api_key, log_path)
+        server = cls(f"http://127.0.0.1:{port}", api_key, process, log_path)
         server._wait_healthy(timeout_s)
+        return server
+
+    @classmethod
+    def attach(cls, base_url: str, api_key: str | None) -> ServerProcess:
+        """A server that is already running (e.g. one left up while iterating on the tests)."""
+        server = cls(base_url.rstrip("/"), api_key)
+        server._wait_healthy(timeout_s=10.0)
         return server
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def is_alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
     def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None:
+            return "(server started elsewhere: no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> int:
         """SIGTERM, as a process manager would; returns the exit status (killed if it hangs)."""
+        if self.process is None:
+            return 0
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -81,7 +98,7 @@ class ServerProcess:
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if not self.is_alive():
                 raise ServerStartError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:

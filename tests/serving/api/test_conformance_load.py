@@ -41,11 +41,11 @@ def test_concurrent_requests_match_their_sequential_answers(client: openai.OpenA
 
     def answer(i: int) -> tuple[str, str, int]:
         if i % 2:
-            response = client.completions.create(model=model_name, prompt=prompts[i], max_tokens=4,
+            response = client.completions.create(model=model_name, prompt=prompts[i], max_tokens=3,
                                                  temperature=0)
             choice = response.choices[0]
             return choice.text, choice.finish_reason, response.usage.completion_tokens
-        response = client.chat.completions.create(model=model_name, max_completion_tokens=4, temperature=0,
+        response = client.chat.completions.create(model=model_name, max_completion_tokens=3, temperature=0,
                                                   messages=[{"role": "user", "content": prompts[i]}])
         choice = response.choices[0]
         return choice.message.content, choice.finish_reason, response.usage.completion_tokens
