@@ -27,7 +27,15 @@ class Embed(nnx.Module):
         return rows.astype(jnp.float32)
 
     def attend(self, hidden: jax.Array) -> jax.Array:
-        """Tied LM head: `hidden @ table.T` with float32 accumulation."""
+        """Tied LM head: `hidden @ table.T` with float32 accumulation.
+
+        XLA:CPU's bfloat16 dot is fast only when the many-row operand is the left one, so for several rows
+        it computes `(table @ hidden.T).T` (4x faster at 64 rows); one row keeps `hidden @ table.T`.
+        """
         table = self.embedding[...]
-        return jnp.dot(hidden.astype(table.dtype), table.T, precision=PRECISION,
-                       preferred_element_type=jnp.float32)
+        x = hidden.astype(table.dtype)
+        if math.prod(x.shape[:-1]) == 1:
+            return jnp.dot(x, table.T, precision=PRECISION, preferred_element_type=jnp.float32)
+        logits = jax.lax.dot_general(table, x, (((1,), (x.ndim - 1,)), ((), ())), precision=PRECISION,
+                                     preferred_element_type=jnp.float32)
+        return jnp.moveaxis(logits, 0, -1)
