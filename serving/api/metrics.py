@@ -16,73 +16,26 @@ from collections.abc import AsyncIterator, Iterator
 from tpuserve.serving.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-)
-ITL_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-)
-E2E_BUCKETS = (
-    0.3,
-    0.5,
-    0.8,
-    1.0,
-    1.5,
-    2.0,
-    2.5,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    40.0,
-    50.0,
-    60.0,
-    120.0,
-    240.0,
-    480.0,
-    960.0,
-    1920.0,
-    7680.0,
+# vLLM's bucket boundaries, so histograms line up with theirs on a shared dashboard.
+# fmt: off
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)
+# fmt: on
+
+
+SCALARS = (  # name, Prometheus type, help; values in `ServerMetrics.render`
+    ("vllm:num_requests_running", "gauge", "Sequences in the running batch."),
+    ("vllm:num_requests_waiting", "gauge", "Sequences waiting to be scheduled."),
+    ("vllm:kv_cache_usage_perc", "gauge", "Fraction of KV-cache pages in use (1 = full)."),
+    ("vllm:num_preemptions", "counter", "Preemptions (recomputations)."),
+    ("vllm:prefix_cache_queries", "counter", "Prompt tokens looked up in the prefix cache."),
+    ("vllm:prefix_cache_hits", "counter", "Prompt tokens found in the prefix cache."),
+    ("vllm:prompt_tokens", "counter", "Prompt tokens of finished or aborted requests."),
+    ("vllm:generation_tokens", "counter", "Generated tokens of finished or aborted requests."),
 )
 
 
@@ -159,54 +112,19 @@ class ServerMetrics:
             lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
             lines.extend(f"{sample_name}{{{labels}{extra}}} {float(value)}" for extra, value in samples)
 
-        family(
-            "vllm:num_requests_running",
-            "gauge",
-            "Number of sequences in the running batch.",
-            [("", len(engine.scheduler.running))],
+        scheduler, pages = engine.scheduler, engine.allocator
+        values = (
+            len(scheduler.running),
+            scheduler.num_waiting,
+            pages.usage,
+            engine.stats.num_preemptions,
+            pages.stats.queries,
+            pages.stats.hits,
+            self.prompt_tokens,
+            self.generation_tokens,
         )
-        family(
-            "vllm:num_requests_waiting",
-            "gauge",
-            "Number of sequences waiting to be scheduled.",
-            [("", engine.scheduler.num_waiting)],
-        )
-        family(
-            "vllm:kv_cache_usage_perc",
-            "gauge",
-            "Fraction of KV-cache pages in use (1 = full).",
-            [("", engine.allocator.usage)],
-        )
-        family(
-            "vllm:num_preemptions",
-            "counter",
-            "Preemptions (recomputations) so far.",
-            [("", engine.stats.num_preemptions)],
-        )
-        family(
-            "vllm:prefix_cache_queries",
-            "counter",
-            "Prompt tokens looked up in the prefix cache.",
-            [("", engine.allocator.stats.queries)],
-        )
-        family(
-            "vllm:prefix_cache_hits",
-            "counter",
-            "Prompt tokens found in the prefix cache.",
-            [("", engine.allocator.stats.hits)],
-        )
-        family(
-            "vllm:prompt_tokens",
-            "counter",
-            "Prompt tokens of finished or aborted requests.",
-            [("", self.prompt_tokens)],
-        )
-        family(
-            "vllm:generation_tokens",
-            "counter",
-            "Generated tokens of finished or aborted requests.",
-            [("", self.generation_tokens)],
-        )
+        for (name, kind, help_text), value in zip(SCALARS, values, strict=True):
+            family(name, kind, help_text, [("", value)])
         family(
             "vllm:request_success",
             "counter",
