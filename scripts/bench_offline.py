@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import numpy as np
 
-from tpuserve.model import LoadedModel, load_model
+from tpuserve.model import load_model
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.sampling_params import SamplingParams
 
 
-def random_prompts(loaded: LoadedModel, num_prompts: int, length: int, seed: int) -> list[list[int]]:
+def random_prompts(
+    vocab_size: int, special_ids: list[int], num_prompts: int, length: int, seed: int
+) -> list[list[int]]:
     """Uniform token ids over the vocabulary minus special tokens (no BOS/EOS inside a prompt)."""
-    special = set(loaded.tokenizer.all_special_ids)
-    allowed = np.array([t for t in range(loaded.config.vocab_size) if t not in special])
+    special = set(special_ids)
+    allowed = np.array([t for t in range(vocab_size) if t not in special])
     rng = np.random.default_rng(seed)
     return [rng.choice(allowed, length).tolist() for _ in range(num_prompts)]
 
@@ -41,7 +44,7 @@ class StepTimer:
         self._step = self.engine.step
         self.engine.step = self._timed_step
 
-    def _timed_step(self):  # noqa: ANN202 - returns whatever Engine.step returns
+    def _timed_step(self) -> list:
         tokens_before = self.engine.stats.num_batched_tokens
         start = time.perf_counter()
         outputs = self._step()
@@ -51,7 +54,8 @@ class StepTimer:
 
 def run(args: argparse.Namespace) -> dict[str, float | int | str]:
     loaded = load_model(None, args.dtype)
-    prompts = random_prompts(loaded, args.num_prompts, args.input_len, args.seed)
+    prompts = random_prompts(loaded.config.vocab_size, loaded.tokenizer.all_special_ids, args.num_prompts,
+                             args.input_len, args.seed)
     start = time.perf_counter()
     llm = LLM(loaded, max_model_len=args.input_len + args.output_len, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, page_size=args.page_size, use_tqdm=False)
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         "full_decode_steps": len(full_decode),
         "full_decode_step_ms_median": round(statistics.median(full_decode) * 1e3, 1) if full_decode else 0,
         "decode_tok_s": round(args.max_num_seqs / statistics.median(full_decode), 1) if full_decode else 0,
-        "load_avg": open("/proc/loadavg").read().split()[0],
+        "load_avg_1min": round(os.getloadavg()[0], 1),
     }
 
 
