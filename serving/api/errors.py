@@ -81,8 +81,10 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
         f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']} ({problem['type']})"
         for problem in problems
     )
-    first = problems[0]["loc"] if problems else ()
-    param = ".".join(str(p) for p in first) or None
+    first = problems[0] if problems else {"loc": ()}
+    # A cross-field rule (protocol.FieldRuleError) knows its field better than pydantic's location does.
+    rule = first.get("ctx", {}).get("error")
+    param = getattr(rule, "param", None) or ".".join(str(p) for p in first["loc"]) or None
     count = len(problems)
     return f"{count} validation error{'s' if count != 1 else ''}: {details}", param
 

@@ -2,7 +2,7 @@
 
 Like vLLM, unknown fields are accepted and ignored with a log line: a strict server would break every
 client and benchmark tool that sends a field we do not know. Cross-field rules that need no engine
-knowledge live here as validators, so they come back as 400s naming the request body.
+knowledge live here as validators; they raise `FieldRuleError`, so the 400 names the field to fix.
 """
 
 from __future__ import annotations
@@ -15,6 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 log = logging.getLogger(__name__)
 
 INT64 = 2**63
+
+
+class FieldRuleError(ValueError):
+    """A rule between fields is broken; `param` is the field the client should change."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class OpenAIBaseModel(BaseModel):
@@ -79,9 +87,9 @@ class SamplingFields(OpenAIBaseModel):
     @model_validator(mode="after")
     def _check_streaming_fields(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options can only be set when stream is true")
+            raise FieldRuleError("stream_options", "stream_options can only be set when stream is true")
         if self.prompt_logprobs is not None and self.stream:
-            raise ValueError("prompt_logprobs is not available when stream is true")
+            raise FieldRuleError("prompt_logprobs", "prompt_logprobs is not available when stream is true")
         return self
 
     @property
@@ -107,11 +115,14 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _check_chat_fields(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("when top_logprobs is set, logprobs must be true")
+            raise FieldRuleError("top_logprobs", "when top_logprobs is set, logprobs must be true")
         if self.continue_final_message and self.add_generation_prompt:
-            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+            raise FieldRuleError(
+                "continue_final_message",
+                "continue_final_message and add_generation_prompt cannot both be true",
+            )
         if self.tools is not None and not self.tools:
-            raise ValueError("tools must not be an empty list")
+            raise FieldRuleError("tools", "tools must not be an empty list")
         return self
 
     @property
@@ -137,9 +148,9 @@ class CompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _check_completion_fields(self) -> CompletionRequest:
         if self.suffix:
-            raise ValueError("suffix is not supported")
+            raise FieldRuleError("suffix", "suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of is not supported (it must be unset or equal n)")
+            raise FieldRuleError("best_of", "best_of is not supported (it must be unset or equal n)")
         return self
 
 

@@ -74,9 +74,11 @@ def test_content_parts_join_like_a_string() -> None:
         ({"messages": "hello"}, "body.messages"),
         ({"messages": USER, "seed": 2**63}, "body.seed"),
         ({"messages": USER, "n": "many"}, "body.n"),
-        ({"messages": USER, "stream_options": {"include_usage": True}}, "body"),
-        ({"messages": USER, "top_logprobs": 3}, "body"),
-        ({"messages": USER, "continue_final_message": True}, "body"),
+        ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
+        ({"messages": USER, "continue_final_message": True}, "continue_final_message"),
+        ({"messages": USER, "stream": True, "prompt_logprobs": 1}, "prompt_logprobs"),
+        ({"messages": USER, "tools": []}, "tools"),
     ],
 )
 def test_validation_errors_are_400_envelopes_with_param(client: TestClient, body: dict, param: str) -> None:
