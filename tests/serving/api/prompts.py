@@ -1,10 +1,12 @@
-"""Fresh random prompts for each test, and the token counts an independent tokenizer gives for them."""
+"""Fresh random prompts for each test, the greedy chat request most tests send, and the token counts an
+independent tokenizer gives for the prompts."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+import openai
 from transformers import PreTrainedTokenizerBase
 
 WORDS = ("river", "engine", "garden", "violin", "planet", "harbor", "winter", "lantern", "canyon", "orbit",
@@ -12,6 +14,16 @@ WORDS = ("river", "engine", "garden", "violin", "planet", "harbor", "winter", "l
          "marble", "forest", "signal", "tunnel", "island", "feather", "volcano", "library", "ribbon")
 
 Messages = list[dict[str, Any]]
+MAX_TOKENS = 6
+FORCE_LENGTH = {"ignore_eos": True}
+"""Makes `max_tokens` the only way to finish, so exact usage and finish_reason are known in advance."""
+
+
+def greedy(client: openai.OpenAI, model: str, messages: Messages, **kwargs: object):
+    """Temperature 0 chat with MAX_TOKENS unless the caller sets `max_tokens`/`max_completion_tokens`."""
+    if "max_tokens" not in kwargs:
+        kwargs.setdefault("max_completion_tokens", MAX_TOKENS)
+    return client.chat.completions.create(model=model, messages=messages, temperature=0, **kwargs)
 
 
 def random_text(rng: random.Random, num_words: int = 6) -> str:

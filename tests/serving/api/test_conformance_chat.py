@@ -10,29 +10,17 @@ import math
 import random
 import time
 
-import httpx
 import openai
 import pytest
 
-from tests.serving.api.prompts import Messages, chat_prompt_ids, random_messages
-from tests.serving.api.server_process import ENGINE_CONFIG
-from tests.serving.api.sse import finish_chunks, stream
+from tests.serving.api.prompts import FORCE_LENGTH, MAX_TOKENS, chat_prompt_ids, greedy, random_messages
+from tests.serving.api.server_process import ENGINE_CONFIG, ServerProcess
 from tpuserve.model import LoadedModel, load_model
 from tpuserve.serving import LLM, SamplingParams
 
-MAX_TOKENS = 6
-FORCE_LENGTH = {"ignore_eos": True}
-"""Makes `max_tokens` the only way to finish, so exact usage and finish_reason are known in advance."""
-
-
-def greedy(client: openai.OpenAI, model: str, messages: Messages, **kwargs: object):
-    if "max_tokens" not in kwargs:
-        kwargs.setdefault("max_completion_tokens", MAX_TOKENS)
-    return client.chat.completions.create(model=model, messages=messages, temperature=0, **kwargs)
-
 
 @pytest.fixture(scope="module")
-def offline_llm(server: object) -> LLM:
+def offline_llm(server: ServerProcess) -> LLM:
     """Same engine config as the server, and built after it from the same warm checkpoint (not from the
     session's first, cold `loaded`), so its compiles come from the persistent cache the server filled."""
     return LLM(load_model(None), **ENGINE_CONFIG, use_tqdm=False)
@@ -83,41 +71,6 @@ def test_greedy_output_equals_offline_llm_chat(client: openai.OpenAI, model_name
                                        abs=1e-4)
 
 
-def test_stream_chunks_arrive_in_openai_order(http: httpx.Client, model_name: str, loaded: LoadedModel,
-                                              rng: random.Random) -> None:
-    messages = random_messages(rng)
-    chunks = stream(http, "/v1/chat/completions", {
-        "model": model_name, "messages": messages, "max_completion_tokens": MAX_TOKENS, "temperature": 0,
-        "stream_options": {"include_usage": True}, **FORCE_LENGTH})
-    *choice_chunks, usage_chunk = chunks
-    assert {c["id"] for c in chunks} == {chunks[0]["id"]} and chunks[0]["id"].startswith("chatcmpl-")
-    assert {c["created"] for c in chunks} == {chunks[0]["created"]}
-    assert {(c["object"], c["model"]) for c in chunks} == {("chat.completion.chunk", model_name)}
-    first = choice_chunks[0]["choices"][0]
-    assert first["delta"]["role"] == "assistant" and first["delta"].get("content") in ("", None)
-    assert first["finish_reason"] is None
-    for chunk in choice_chunks[1:]:
-        assert len(chunk["choices"]) == 1 and "role" not in chunk["choices"][0]["delta"]
-    assert all(chunk.get("usage") is None for chunk in choice_chunks)
-    assert finish_chunks(choice_chunks) == {0: ["length"]}
-    assert choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
-    prompt_tokens = len(chat_prompt_ids(loaded.tokenizer, messages))
-    assert usage_chunk["choices"] == []
-    usage = usage_chunk["usage"]
-    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt_tokens, MAX_TOKENS)
-    assert usage["total_tokens"] == prompt_tokens + MAX_TOKENS
-
-
-def test_greedy_stream_equals_non_stream_without_usage(client: openai.OpenAI, model_name: str,
-                                                       rng: random.Random) -> None:
-    messages = random_messages(rng)
-    whole = greedy(client, model_name, messages).choices[0]
-    chunks = list(greedy(client, model_name, messages, stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content
-    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [whole.finish_reason]
-    assert all(c.usage is None and c.choices for c in chunks)
-
-
 def test_n_choices_each_finish_and_usage_sums(client: openai.OpenAI, model_name: str, loaded: LoadedModel,
                                               rng: random.Random) -> None:
     messages = random_messages(rng)
@@ -128,23 +81,6 @@ def test_n_choices_each_finish_and_usage_sums(client: openai.OpenAI, model_name:
     assert [c.finish_reason for c in response.choices] == ["length"] * 3
     assert response.usage.prompt_tokens == len(chat_prompt_ids(loaded.tokenizer, messages))
     assert response.usage.completion_tokens == 12
-
-
-def test_n_streaming_gives_every_index_its_role_content_and_finish(http: httpx.Client, model_name: str,
-                                                                   rng: random.Random) -> None:
-    chunks = stream(http, "/v1/chat/completions", {
-        "model": model_name, "messages": random_messages(rng), "n": 2, "temperature": 1.0,
-        "max_completion_tokens": 3, "stream_options": {"include_usage": True}, **FORCE_LENGTH})
-    *choice_chunks, usage_chunk = chunks
-    by_index: dict[int, list[dict]] = {0: [], 1: []}
-    for chunk in choice_chunks:
-        [choice] = chunk["choices"]
-        by_index[choice["index"]].append(choice)
-    for choices in by_index.values():
-        assert choices[0]["delta"]["role"] == "assistant"
-        assert "".join(c["delta"].get("content") or "" for c in choices)
-    assert finish_chunks(choice_chunks) == {0: ["length"], 1: ["length"]}
-    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 6
 
 
 def test_logprobs_in_chat_format(client: openai.OpenAI, model_name: str, rng: random.Random) -> None:
@@ -210,6 +146,23 @@ def test_forced_eos_finishes_with_stop(client: openai.OpenAI, model_name: str, l
     response = greedy(client, model_name, random_messages(rng), logit_bias={str(eos): 100})
     assert (response.choices[0].finish_reason, response.choices[0].message.content) == ("stop", "")
     assert response.usage.completion_tokens == 1
+
+
+def test_min_tokens_holds_eos_back_and_ignore_eos_runs_past_it(
+        client: openai.OpenAI, model_name: str, loaded: LoadedModel, rng: random.Random) -> None:
+    eos_first = {str(loaded.tokenizer.eos_token_id): 100}
+    held = greedy(client, model_name, random_messages(rng), logit_bias=eos_first,
+                  extra_body={"min_tokens": 3})
+    assert (held.choices[0].finish_reason, held.usage.completion_tokens) == ("stop", 4)
+    ignored = greedy(client, model_name, random_messages(rng), logit_bias=eos_first, extra_body=FORCE_LENGTH)
+    assert (ignored.choices[0].finish_reason, ignored.usage.completion_tokens) == ("length", MAX_TOKENS)
+
+
+def test_request_id_names_the_response(client: openai.OpenAI, model_name: str, rng: random.Random) -> None:
+    request_id = f"conformance-{rng.randrange(10**9)}"
+    response = greedy(client, model_name, random_messages(rng), max_completion_tokens=1,
+                      extra_body={"request_id": request_id})
+    assert response.id == f"chatcmpl-{request_id}"
 
 
 def test_stop_token_ids_end_on_a_chosen_token(client: openai.OpenAI, model_name: str, loaded: LoadedModel,

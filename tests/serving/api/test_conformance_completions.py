@@ -12,12 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.serving.api.prompts import completion_prompt_ids, random_text
+from tests.serving.api.prompts import FORCE_LENGTH, MAX_TOKENS, completion_prompt_ids, random_text
 from tests.serving.api.sse import finish_chunks, stream
 from tpuserve.model import LoadedModel
-
-MAX_TOKENS = 5
-FORCE_LENGTH = {"ignore_eos": True}
 
 
 def complete(client: openai.OpenAI, model: str, prompt: object, **kwargs: object):
