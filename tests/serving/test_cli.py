@@ -80,11 +80,3 @@ def test_info_on_a_missing_path_prints_one_line_without_traceback(tmp_path: Path
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: /missing: no such file or directory")
     assert "Traceback" not in result.stdout + result.stderr
-
-
-def test_serve_loads_the_default_model_then_stops(tmp_path: Path) -> None:
-    result = run_tpuserve("serve", cache=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("server not implemented yet")
-    assert "cold start" in result.stderr
-    assert list(tmp_path.glob("orbax-v*/SmolLM2-135M-Instruct.Q4_1-*"))
