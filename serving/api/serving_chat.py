@@ -1,7 +1,8 @@
 """POST /v1/chat/completions: messages -> chat template -> engine -> one response or an SSE stream.
 
-A stream is, per OpenAI: a role chunk per choice, content deltas (empty ones skipped), exactly one
-finish chunk per choice with an empty delta, an optional usage chunk with `choices: []`, then [DONE].
+A stream is, per OpenAI: a role chunk per choice (sent with the first engine output), content deltas
+(empty ones skipped), exactly one finish chunk per choice with an empty delta, an optional usage chunk
+with `choices: []`, then [DONE].
 Everything that can be rejected is checked before the stream starts, so those errors are real 400s.
 """
 
@@ -136,13 +137,18 @@ async def stream_response(job: ChatJob, outputs: AsyncIterator[RequestOutput]) -
 
     n = job.request.n
     try:
-        for index in range(n):
-            yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role=ROLE, content="")))
-            if job.echo:
-                yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(content=job.echo)))
         sent_text, sent_tokens, done = [0] * n, [0] * n, [False] * n
         final = None
+        started = False
         async for final in outputs:
+            if not started:
+                started = True
+                # Like vLLM, the role chunk goes out with the first engine output (after prefill), so
+                # clients measuring time-to-first-chunk measure time to the first token.
+                for index in range(n):
+                    yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role=ROLE, content="")))
+                    if job.echo:
+                        yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(content=job.echo)))
             for completion in final.outputs:
                 i = completion.index
                 if done[i]:
