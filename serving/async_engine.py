@@ -50,6 +50,11 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread.is_alive() and self.error is None
 
+    @property
+    def engines(self) -> list[Engine]:
+        """The engines behind this front (one here; a replica each behind `DataParallelEngine`)."""
+        return [self.engine]
+
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
         prompt: str | None = None, priority: int = 0,

@@ -37,6 +37,10 @@ class DataParallelEngine:
         return self.replicas[0].engine
 
     @property
+    def engines(self) -> list[Engine]:
+        return [replica.engine for replica in self.replicas]
+
+    @property
     def is_running(self) -> bool:
         return all(replica.is_running for replica in self.replicas)
 

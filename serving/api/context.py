@@ -51,7 +51,7 @@ class ServingContext:
             max_model_len=engine.engine.config.max_model_len,
             vocab_size=loaded.config.vocab_size,
             defaults=generation_defaults(loaded.generation_config),
-            metrics=ServerMetrics(engine.engine, model_names[0]),
+            metrics=ServerMetrics(engine.engines, model_names[0]),
             max_logprobs=max_logprobs,
             chat_template=chat_template,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from tpuserve.serving.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
@@ -59,8 +59,10 @@ class Histogram:
 
 
 class ServerMetrics:
-    def __init__(self, engine: Engine, model_name: str) -> None:
-        self.engine = engine
+    """Counts requests as they pass; engine gauges are summed over every engine (data-parallel replicas)."""
+
+    def __init__(self, engines: Sequence[Engine], model_name: str) -> None:
+        self.engines = list(engines)
         self.labels = f'model_name="{model_name}"'
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -104,7 +106,7 @@ class ServerMetrics:
             self.e2e.observe(time.monotonic() - output.metrics.arrival_time)
 
     def render(self) -> str:
-        engine, labels = self.engine, self.labels
+        engines, labels = self.engines, self.labels
         lines = []
 
         def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -112,14 +114,13 @@ class ServerMetrics:
             lines.extend((f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"))
             lines.extend(f"{sample_name}{{{labels}{extra}}} {float(value)}" for extra, value in samples)
 
-        scheduler, pages = engine.scheduler, engine.allocator
         values = (
-            len(scheduler.running),
-            scheduler.num_waiting,
-            pages.usage,
-            engine.stats.num_preemptions,
-            pages.stats.queries,
-            pages.stats.hits,
+            sum(len(engine.scheduler.running) for engine in engines),
+            sum(engine.scheduler.num_waiting for engine in engines),
+            sum(engine.allocator.usage for engine in engines) / len(engines),
+            sum(engine.stats.num_preemptions for engine in engines),
+            sum(engine.allocator.stats.queries for engine in engines),
+            sum(engine.allocator.stats.hits for engine in engines),
             self.prompt_tokens,
             self.generation_tokens,
         )

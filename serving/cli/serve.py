@@ -7,16 +7,21 @@ Flags use vLLM's names so `vllm serve` command lines carry over. Start-up progre
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from tpuserve.model import LoadedModel
+from tpuserve.serving import multihost
 from tpuserve.serving.api.context import ServingContext
 from tpuserve.serving.api.launcher import PortInUseError, bind_socket, run_server, url
 from tpuserve.serving.api.server import build_app
 from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.data_parallel import DataParallelEngine
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS
 
@@ -78,7 +83,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument("--tensor-parallel-size", type=int, default=1, help="devices to split the model over")
     engine.add_argument(
+        "--data-parallel-size", type=int, default=1,
+        help="independent engine replicas (each on --tensor-parallel-size devices) behind one API",
+    )
+    engine.add_argument(
         "--compilation-cache-dir", help="JAX compilation cache (default: $TPUSERVE_CACHE/jax)"
+    )
+    hosts = parser.add_argument_group("multi-host (jax.distributed)")
+    hosts.add_argument(
+        "--coordinator-address", metavar="HOST:PORT", help="process 0's address; enables multi-host"
+    )
+    hosts.add_argument("--num-processes", type=int, default=1, help="processes in the job (default: 1)")
+    hosts.add_argument(
+        "--process-id", type=int, default=0, help="this process (0 serves the API; others follow its steps)"
     )
 
 
@@ -88,12 +105,35 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"--max-logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
     chat_template = _read_chat_template(args.chat_template)
     api_keys = args.api_key or ([os.environ[API_KEY_ENV]] if os.environ.get(API_KEY_ENV) else [])
+    if args.coordinator_address:
+        multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        if args.process_id != 0:
+            log.info("tpuserve: process %d following process 0's steps", args.process_id)
+            multihost.follow(_make_llm(args)(tensor_parallel_size=args.tensor_parallel_size).engine)
+            return 0
     try:
         sock = bind_socket(args.host, args.port)
     except PortInUseError as error:
         return _fail(str(error))
     log.info("tpuserve: loading %s and compiling", args.model or DEFAULT_MODEL_NAME)
-    llm = LLM(
+    engine, loaded, shutdown = _start_engine(args)
+    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
+    try:
+        ctx = ServingContext.create(
+            engine, loaded, names, max_logprobs=args.max_logprobs, chat_template=chat_template
+        )
+        ready = f"tpuserve: serving {names[0]} at {url(args.host, sock.getsockname()[1])}"
+        run_server(build_app(ctx, api_keys), sock, ready, args.log_level)
+    finally:
+        shutdown()
+    log.info("tpuserve: stopped")
+    return 0
+
+
+def _make_llm(args: argparse.Namespace) -> functools.partial[LLM]:
+    """`LLM` with every engine flag applied; the caller picks the devices."""
+    return functools.partial(
+        LLM,
         args.model,
         dtype=args.dtype,
         max_model_len=args.max_model_len,
@@ -104,20 +144,29 @@ def serve(args: argparse.Namespace) -> int:
         enable_prefix_caching=args.enable_prefix_caching,
         seed=args.seed,
         compilation_cache_dir=args.compilation_cache_dir,
-        tensor_parallel_size=args.tensor_parallel_size,
     )
-    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
-    engine = AsyncEngine(llm.engine)
-    try:
-        ctx = ServingContext.create(
-            engine, llm.loaded, names, max_logprobs=args.max_logprobs, chat_template=chat_template
-        )
-        ready = f"tpuserve: serving {names[0]} at {url(args.host, sock.getsockname()[1])}"
-        run_server(build_app(ctx, api_keys), sock, ready, args.log_level)
-    finally:
+
+
+def _start_engine(
+    args: argparse.Namespace,
+) -> tuple[AsyncEngine | DataParallelEngine, LoadedModel, Callable[[], None]]:
+    """The async engine the API drives, the model it serves, and how to stop it."""
+    make_llm = _make_llm(args)
+    if args.data_parallel_size > 1:
+        front = DataParallelEngine(make_llm, args.data_parallel_size, args.tensor_parallel_size)
+        return front, front.llms[0].loaded, front.shutdown
+    llm = make_llm(tensor_parallel_size=args.tensor_parallel_size)
+    if not args.coordinator_address:
+        engine = AsyncEngine(llm.engine)
+        return engine, llm.loaded, engine.shutdown
+    leader = multihost.LockstepEngine(llm.engine)
+    engine = AsyncEngine(leader)
+
+    def shutdown() -> None:
         engine.shutdown()
-    log.info("tpuserve: stopped")
-    return 0
+        leader.stop()
+
+    return engine, llm.loaded, shutdown
 
 
 def _read_chat_template(path: Path | None) -> str | None:
