@@ -8,7 +8,6 @@ signals), so nothing here imports the app: the server is started with `python -m
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import socket
 import subprocess
@@ -57,8 +56,8 @@ class ServerProcess:
                    "--host", "127.0.0.1", "--port", str(port)]
         if api_key is not None:
             command += ["--api-key", api_key]
-        with log_path.open("w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        with log_path.open("w") as log:  # the environment, TPUSERVE_CACHE included, is inherited
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         server = cls(f"http://127.0.0.1:{port}", api_key, process, log_path)
         server._wait_healthy(timeout_s)
         return server

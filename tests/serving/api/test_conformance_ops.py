@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import random
+import time
 
 import httpx
 import openai
+import pytest
 
 from tests.serving.api.metrics_text import labelled_total, parse_totals, scrape
 from tests.serving.api.prompts import chat_prompt_ids, completion_prompt_ids, random_messages, random_text
-from tests.serving.api.server_process import ENGINE_CONFIG
+from tests.serving.api.server_process import ENGINE_CONFIG, ServerProcess
 from tpuserve.model import LoadedModel
 
 
@@ -22,6 +24,15 @@ def test_models_lists_the_served_model(http: httpx.Client, client: openai.OpenAI
     assert isinstance(card["created"], int) and isinstance(card["owned_by"], str)
     assert card["max_model_len"] == ENGINE_CONFIG["max_model_len"]
     assert [m.id for m in client.models.list()] == [model_name]
+
+
+def test_ready_line_names_the_url(server: ServerProcess, model_name: str) -> None:
+    if server.log_path is None:
+        pytest.skip("server started elsewhere: its output is not ours to read")
+    deadline = time.monotonic() + 5.0  # printed just after the socket starts accepting
+    while f"serving {model_name} at {server.base_url}" not in server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
 
 
 def test_health_and_version(http: httpx.Client) -> None:
