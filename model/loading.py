@@ -213,7 +213,11 @@ def _directory_tokenizer(
 
 
 def _place(model: Transformer, sharding: Placement) -> Transformer:
-    """The readers put arrays on the default device; move them only if the caller asked for another place."""
-    if sharding is not None:
-        nnx.update(model, jax.device_put(nnx.state(model), sharding))
+    """Put the parameters where the caller asked (default: the first device), committed there.
+
+    Committed like the arrays an Orbax restore returns, so a model loaded from any checkpoint kind
+    compiles to the same programs and hits the same persistent compilation-cache entries.
+    """
+    placement = sharding if sharding is not None else jax.devices()[0]
+    nnx.update(model, jax.device_put(nnx.state(model), placement))
     return model
