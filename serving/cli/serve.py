@@ -115,7 +115,6 @@ def serve(args: argparse.Namespace) -> int:
         sock = bind_socket(args.host, args.port)
     except PortInUseError as error:
         return _fail(str(error))
-    log.info("tpuserve: loading %s and compiling", args.model or DEFAULT_MODEL_NAME)
     engine, loaded, shutdown = _start_engine(args)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
