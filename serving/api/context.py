@@ -14,7 +14,8 @@ from tpuserve.model import LoadedModel
 from tpuserve.serving.api.errors import APIError
 from tpuserve.serving.api.metrics import ServerMetrics
 from tpuserve.serving.api.params import generation_defaults
-from tpuserve.serving.api.prompts import TokensPrompt
+from tpuserve.serving.api.prompts import TokensPrompt, render_chat
+from tpuserve.serving.api.protocol import ChatCompletionRequest, TokenizeChatRequest
 from tpuserve.serving.async_engine import AsyncEngine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParams
@@ -65,6 +66,18 @@ class ServingContext:
         """vLLM treats `model` as optional; a name we do not serve is a 404."""
         if name is not None and name not in self.model_names:
             raise APIError(f"The model `{name}` does not exist.", status=404, param="model")
+
+    def render_chat(self, request: ChatCompletionRequest | TokenizeChatRequest) -> str:
+        """The prompt text of a chat request; /tokenize renders exactly what /v1/chat/completions does."""
+        return render_chat(
+            self.tokenizer,
+            request.messages,
+            chat_template=self.chat_template,
+            add_generation_prompt=request.add_generation_prompt,
+            continue_final_message=request.continue_final_message,
+            chat_template_kwargs=request.chat_template_kwargs,
+            tools=request.tools,
+        )
 
     def generate(
         self, request_id: str, prompt: TokensPrompt, params: SamplingParams, priority: int

@@ -15,7 +15,7 @@ from tpuserve.serving.api.context import ServingContext, new_request_id, now
 from tpuserve.serving.api.errors import APIError, sse_error
 from tpuserve.serving.api.logprobs_format import chat_logprobs, prompt_logprobs_json, visible_logprobs
 from tpuserve.serving.api.params import resolve_max_tokens, sampling_params
-from tpuserve.serving.api.prompts import TokensPrompt, check_fits_context, message_text, render_chat
+from tpuserve.serving.api.prompts import TokensPrompt, check_fits_context, message_text
 from tpuserve.serving.api.protocol import ChatCompletionRequest
 from tpuserve.serving.api.responses import (
     ChatChoice,
@@ -49,15 +49,7 @@ def prepare_chat(
 ) -> tuple[ChatJob, AsyncIterator[RequestOutput]]:
     ctx.check_model(request.model)
     _check_supported(request)
-    text = render_chat(
-        ctx.tokenizer,
-        request.messages,
-        chat_template=ctx.chat_template,
-        add_generation_prompt=request.add_generation_prompt,
-        continue_final_message=request.continue_final_message,
-        chat_template_kwargs=request.chat_template_kwargs,
-        tools=request.tools,
-    )
+    text = ctx.render_chat(request)
     token_ids = ctx.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
     check_fits_context(len(token_ids), ctx.max_model_len)
     name, requested = request.requested_max_tokens

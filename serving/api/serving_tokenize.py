@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tpuserve.serving.api.context import ServingContext
-from tpuserve.serving.api.prompts import check_token_ids, render_chat
+from tpuserve.serving.api.prompts import check_token_ids
 from tpuserve.serving.api.protocol import DetokenizeRequest, TokenizeChatRequest, TokenizeRequest
 from tpuserve.serving.api.responses import DetokenizeResponse, TokenizeResponse
 
@@ -11,18 +11,7 @@ from tpuserve.serving.api.responses import DetokenizeResponse, TokenizeResponse
 def tokenize(ctx: ServingContext, request: TokenizeRequest) -> TokenizeResponse:
     """A prompt, or chat messages rendered exactly as /v1/chat/completions would render them."""
     ctx.check_model(request.model)
-    if isinstance(request, TokenizeChatRequest):
-        text = render_chat(
-            ctx.tokenizer,
-            request.messages,
-            chat_template=ctx.chat_template,
-            add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message,
-            chat_template_kwargs=request.chat_template_kwargs,
-            tools=request.tools,
-        )
-    else:
-        text = request.prompt
+    text = ctx.render_chat(request) if isinstance(request, TokenizeChatRequest) else request.prompt
     token_ids = ctx.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
     token_strs = ctx.tokenizer.convert_ids_to_tokens(token_ids) if request.return_token_strs else None
     return TokenizeResponse(
