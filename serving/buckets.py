@@ -3,7 +3,8 @@
 A step's token count is padded up to a token bucket and its sequence count up to a sequence bucket, so
 the set of compiled programs is known at start-up and nothing compiles while serving:
 
-- token buckets: powers of two from 16 up to `max_num_batched_tokens` (which is itself included);
+- token buckets: powers of two from `EngineConfig.min_token_bucket` (1 on CPU, 16 on accelerators) up to
+  `max_num_batched_tokens` (which is itself included);
 - sequence buckets: powers of two from 8 up to `max_num_seqs` (which is itself included).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 
-MIN_TOKEN_BUCKET = 16
 MIN_SEQ_BUCKET = 8
 
 
@@ -26,10 +26,6 @@ def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
         size *= 2
     buckets.append(largest)
     return tuple(buckets)
-
-
-def token_buckets(max_num_batched_tokens: int) -> tuple[int, ...]:
-    return power_of_two_buckets(MIN_TOKEN_BUCKET, max_num_batched_tokens)
 
 
 def seq_buckets(max_num_seqs: int) -> tuple[int, ...]:

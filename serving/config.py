@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from tpuserve.serving.buckets import seq_buckets, token_buckets
+import jax
+import jax.numpy as jnp
+
+from tpuserve.serving.buckets import power_of_two_buckets, seq_buckets
+
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHE_DTYPE_HELP = "KV-cache dtype (default auto: float32 on CPU, else the weights' dtype)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,6 +18,15 @@ class EngineConfig:
     """Sizes that fix the engine's compiled shapes and its KV memory.
 
     `num_pages` counts the reserved null page 0, so `num_pages - 1` pages hold real tokens.
+
+    Three fields default (`"auto"`/None) to what is fastest on the platform, which they record once resolved:
+    - `kv_cache_dtype`: the weights' dtype, except float32 on CPU, where XLA has no fast 16-bit gather or
+      scatter (a bfloat16 cache measured 2-4x slower attention than a float32 one; docs/performance.md);
+    - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
+      16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway;
+    - `float32_max_tokens`: forwards of at most this many rows (and LM heads of at most this many sampled
+      rows) use a float32 copy of 16-bit weights: 16 on CPU, whose bfloat16 dots are fast only with many
+      rows (8x slower than float32 at one row, 1.9x faster at 64), 0 (never) on accelerators.
     """
 
     max_model_len: int
@@ -22,6 +37,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     max_logprobs: int = 20
+    kv_cache_dtype: str = "auto"
+    min_token_bucket: int | None = None
+    float32_max_tokens: int | None = None
     token_buckets: tuple[int, ...] = dataclasses.field(init=False)
     seq_buckets: tuple[int, ...] = dataclasses.field(init=False)
     pages_per_seq: int = dataclasses.field(init=False)
@@ -41,6 +59,23 @@ class EngineConfig:
                 f"num_pages ({self.num_pages}) cannot hold one sequence of max_model_len "
                 f"{self.max_model_len} ({pages_per_seq} pages of {self.page_size} plus the null page)"
             )
-        object.__setattr__(self, "token_buckets", token_buckets(self.max_num_batched_tokens))
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
+        on_cpu = jax.default_backend() == "cpu"
+        if self.min_token_bucket is None:
+            object.__setattr__(self, "min_token_bucket", 1 if on_cpu else 16)
+        if self.float32_max_tokens is None:
+            object.__setattr__(self, "float32_max_tokens", 16 if on_cpu else 0)
+        if self.min_token_bucket < 1:
+            raise ValueError(f"min_token_bucket must be positive, got {self.min_token_bucket}")
+        object.__setattr__(
+            self, "token_buckets", power_of_two_buckets(self.min_token_bucket, self.max_num_batched_tokens))
         object.__setattr__(self, "seq_buckets", seq_buckets(self.max_num_seqs))
         object.__setattr__(self, "pages_per_seq", pages_per_seq)
+
+
+def resolve_kv_cache_dtype(name: str, weights_dtype: jnp.dtype) -> jnp.dtype:
+    """The KV-cache dtype an `EngineConfig.kv_cache_dtype` of NAME means for weights of WEIGHTS_DTYPE."""
+    if name != "auto":
+        return jnp.dtype(name)
+    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(weights_dtype)

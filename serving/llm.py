@@ -8,13 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from tpuserve.model import LoadedModel, load_model
 from tpuserve.model.sharding import ShardPlan, make_mesh, model_mesh, model_shards, shard_model
 from tpuserve.serving.compilation import enable_compilation_cache
-from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
@@ -46,6 +47,7 @@ class LLM:
         num_pages: int | None = None,
         enable_prefix_caching: bool = True,
         seed: int = 0,
+        kv_cache_dtype: str = "auto",
         compilation_cache_dir: str | None = None,
         backend: str = "auto",
         use_tqdm: bool = True,
@@ -56,12 +58,14 @@ class LLM:
         self.loaded = _load(model, dtype, tensor_parallel_size, devices)
         max_model_len = max_model_len or self.loaded.config.max_position_embeddings
         if num_pages is None:
-            num_pages = _pages_for_memory(self.loaded, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, page_size)
+            cache_dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.loaded.dtype)
+            memory = kv_cache_memory or DEFAULT_KV_CACHE_MEMORY
+            num_pages = _pages_for_memory(self.loaded, memory, page_size, cache_dtype)
             num_pages = min(num_pages, 1 + max_num_seqs * -(-max_model_len // page_size))
         self.config = EngineConfig(
             max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, page_size=page_size, num_pages=num_pages,
-            enable_prefix_caching=enable_prefix_caching, seed=seed,
+            enable_prefix_caching=enable_prefix_caching, seed=seed, kv_cache_dtype=kv_cache_dtype,
         )
         self.engine = Engine(self.loaded, self.config, backend)
         labels = self.config.token_buckets + self.config.seq_buckets
@@ -170,9 +174,9 @@ def _load(model: str | LoadedModel | None, dtype: str | None, tensor_parallel_si
     return dataclasses.replace(model, model=shard_model(model.model, ShardPlan(model.config, mesh)))
 
 
-def _pages_for_memory(loaded: LoadedModel, memory: int, page_size: int) -> int:
+def _pages_for_memory(loaded: LoadedModel, memory: int, page_size: int, cache_dtype: jnp.dtype) -> int:
     """Pages whose per-device share of every layer's K and V fits MEMORY bytes."""
     config = loaded.model.config  # the KV heads the model holds, replicated ones included
-    dtype_bytes = jax.tree.leaves(loaded.model)[0].dtype.itemsize
-    per_page = config.num_layers * page_size * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+    per_token = 2 * config.num_kv_heads * config.head_dim * cache_dtype.itemsize
+    per_page = config.num_layers * page_size * per_token
     return max(2, memory * model_shards(loaded.model) // per_page)

@@ -16,13 +16,28 @@ from tpuserve.serving.sampling_metadata import SamplingMetadata
 
 
 def apply_bias_and_penalties(logits: jax.Array, state: SamplerState, meta: SamplingMetadata) -> jax.Array:
-    """Everything that can change the argmax: allowed ids, logit_bias, min_tokens, penalties."""
+    """Everything that can change the argmax: allowed ids, logit_bias, min_tokens, penalties.
+
+    Each stage reads a `[B, vocab]` table, so it runs only when some row of the batch uses it.
+    """
     slots = meta.slot_ids
-    logits = logits + state.bias[slots]
+    logits = jax.lax.cond(jnp.any(meta.has_bias), lambda x: x + state.bias[slots], _same, logits)
     before_min = (meta.output_len < meta.min_tokens)[:, None]
-    logits = jnp.where(before_min & state.min_tokens_ban[slots], -jnp.inf, logits)
-    counts = state.output_counts[slots]
-    return apply_penalties(logits, counts, state.prompt_mask[slots], meta)
+    logits = jax.lax.cond(
+        jnp.any(before_min),
+        lambda x: jnp.where(before_min & state.min_tokens_ban[slots], -jnp.inf, x), _same, logits,
+    )
+    penalized = (
+        (meta.repetition_penalty != 1.0) | (meta.frequency_penalty != 0.0) | (meta.presence_penalty != 0.0)
+    )
+    def penalize(x: jax.Array) -> jax.Array:
+        return apply_penalties(x, state.output_counts[slots], state.prompt_mask[slots], meta)
+
+    return jax.lax.cond(jnp.any(penalized), penalize, _same, logits)
+
+
+def _same(logits: jax.Array) -> jax.Array:
+    return logits
 
 
 def apply_penalties(

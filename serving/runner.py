@@ -1,12 +1,15 @@
 """Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
 
 Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
-- `forward`, per token bucket `T`: token ids, positions, attention metadata (always sized to
+- `forward`, per token bucket `T` (on a float32 copy of 16-bit weights when `T <= float32_max_tokens`,
+  see `EngineConfig`): token ids, positions, attention metadata (always sized to
   `max_num_seqs` rows), the donated KV caches and the `max_num_seqs` rows to sample from in; the
   final-normed hidden `[T, hidden]`, those rows `[max_num_seqs, hidden]` and the caches out;
 - `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
-- `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows;
-- the sampler (`tpuserve.serving.sampler.sample`) and prompt logprobs, per sequence bucket `S`;
+- `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows (weights chosen as
+  for `forward`);
+- the sampler (`tpuserve.serving.sampler.sample`, all-greedy and general) and prompt logprobs, per
+  sequence bucket `S`;
 - the sampler-table slot write (one shape).
 Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
 
@@ -20,6 +23,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -29,12 +33,12 @@ from tpuserve.model import Transformer
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
 from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
-from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.logprobs import TokenLogprobs, prompt_logprobs
 from tpuserve.serving.sampler import SamplerOutput, sample
 from tpuserve.serving.sampler_state import SamplerState, admit
 from tpuserve.serving.sampling_metadata import SamplingMetadata
-from tpuserve.serving.sampling_params import SamplingParams
+from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +60,18 @@ class ModelRunner:
         self.config = config
         self.model_config = model.config
         self.graphdef, self.params = nnx.split(model)
-        dtype = jax.tree.leaves(self.params)[0].dtype
+        # Few-row programs run on a float32 copy of 16-bit weights where the platform's 16-bit dots need
+        # many rows to be fast (`EngineConfig.float32_max_tokens`).
+        self.float32_params = self.params
+        if config.float32_max_tokens and weights_dtype(self.params).itemsize < 4:
+            self.float32_params = jax.tree.map(lambda p: p.astype(jnp.float32), self.params)
         # Committed to the device(s) like every later (jit-produced) value, so warm-up shapes hit the same
         # compiled programs as serving does.
         self.mesh = model_mesh(model)
         placement = jax.devices()[0] if self.mesh is None else NamedSharding(self.mesh, P())
-        self.kv_caches = init_kv_caches(model.config, config.num_pages, config.page_size, dtype, backend,
-                                        self.mesh)
+        cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, weights_dtype(self.params))
+        self.kv_caches = init_kv_caches(model.config, config.num_pages, config.page_size, cache_dtype,
+                                        backend, self.mesh)
         if self.mesh is None:  # with a mesh they are created committed to their shards
             self.kv_caches = jax.device_put(self.kv_caches, placement)
         self.sampler_state = jax.device_put(
@@ -82,6 +91,9 @@ class ModelRunner:
         # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
         return nnx.merge(self.graphdef, params).logits(rows[:num_rows])[:, : self.model_config.vocab_size]
 
+    def _params_for(self, num_rows: int) -> nnx.State:
+        return self.float32_params if num_rows <= self.config.float32_max_tokens else self.params
+
     def admit(
         self,
         slot: int,
@@ -96,15 +108,18 @@ class ModelRunner:
     def forward(self, inputs: StepInputs, sample_rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `sample_rows`."""
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
+        params = self._params_for(len(inputs.token_ids))
         hidden, sample_hidden, self.kv_caches = self._forward(
-            self.params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows
+            params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows
         )
         return hidden, sample_hidden
 
     def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
         """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
-        logits = self._logits(self.params, sample_hidden, len(meta.slot_ids))
-        output, self.sampler_state = sample(logits, self.sampler_state, meta)
+        num_rows = len(meta.slot_ids)
+        logits = self._logits(self._params_for(num_rows), sample_hidden, num_rows)
+        random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
+        output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
         return output
 
     def prompt_logprobs(self, hidden: jax.Array, rows: np.ndarray, targets: np.ndarray) -> TokenLogprobs:
@@ -118,7 +133,7 @@ class ModelRunner:
             chunk_rows[:n] = rows[start : start + n]
             chunk_targets = np.zeros(bucket, np.int32)
             chunk_targets[:n] = targets[start : start + n]
-            logits = self._logits(self.params, self._gather(hidden, chunk_rows), bucket)
+            logits = self._logits(self._params_for(bucket), self._gather(hidden, chunk_rows), bucket)
             result = prompt_logprobs(logits, chunk_targets)
             parts.append([np.asarray(field)[:n] for field in result])
         return TokenLogprobs(*(np.concatenate(field) for field in zip(*parts, strict=True)))
@@ -133,10 +148,12 @@ class ModelRunner:
             yield f"forward T={tokens}"
         self.admit(0, SamplingParams(), [0], [], None)  # the slot write; a real admission overwrites it
         for seqs in config.seq_buckets:
-            meta = SamplingMetadata.from_params(
-                [], num_rows=seqs, slot_ids=[], output_lens=[], request_numbers=[], engine_seed=config.seed
-            )
-            jax.block_until_ready(self.sample(sample_hidden, meta))
+            for params in ([], [SamplingParams(temperature=1.0)]):  # the all-greedy and the general sampler
+                meta = SamplingMetadata.from_params(
+                    params, num_rows=seqs, slot_ids=[0] * len(params), output_lens=[0] * len(params),
+                    request_numbers=[0] * len(params), engine_seed=config.seed, record=[False] * len(params),
+                )
+                jax.block_until_ready(self.sample(sample_hidden, meta))
             self.prompt_logprobs(hidden, rows[:seqs], rows[:seqs])
             yield f"sampler S={seqs}"
 
@@ -151,3 +168,8 @@ class ModelRunner:
             cu_q_lens=np.zeros(config.max_num_seqs + 1, np.int32),
             num_seqs=np.zeros(1, np.int32),
         )
+
+
+def weights_dtype(params: nnx.State) -> jnp.dtype:
+    return jax.tree.leaves(params)[0].dtype
+

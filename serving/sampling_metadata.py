@@ -33,6 +33,7 @@ class SamplingMetadata(NamedTuple):
     repetition_penalty: np.ndarray  # float32
     min_tokens: np.ndarray  # int32
     num_logprobs: np.ndarray  # int32: -1 when the request wants no logprobs
+    has_bias: np.ndarray  # bool: logit_bias or allowed_token_ids set (its SamplerState.bias row is not 0)
     key_words: np.ndarray  # uint32 [B, 2]: the 64-bit seed, or (engine seed, request number)
     key_stream: np.ndarray  # uint32: SEEDED_STREAM or ENGINE_STREAM
 
@@ -82,6 +83,8 @@ class SamplingMetadata(NamedTuple):
             repetition_penalty=column([p.repetition_penalty for p in params], np.float32, 1.0),
             min_tokens=column([p.min_tokens for p in params], np.int32, 0),
             num_logprobs=column([-1 if p.logprobs is None else p.logprobs for p in params], np.int32, -1),
+            has_bias=column([bool(p.logit_bias) or p.allowed_token_ids is not None for p in params], bool,
+                            False),
             key_words=key_words,
             key_stream=column(
                 [SEEDED_STREAM if s else ENGINE_STREAM for s in seeded], np.uint32, ENGINE_STREAM

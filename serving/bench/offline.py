@@ -15,6 +15,7 @@ from typing import Any
 
 from tpuserve.serving.bench import args as bench_args
 from tpuserve.serving.bench.datasets import SampleRequest
+from tpuserve.serving.config import KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.sampling_params import SamplingParams
 
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint (default: embedded SmolLM2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     engine = parser.add_argument_group("engine")
+    engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
     for name, default in ENGINE_ARGS:
         engine.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     bench_args.add_dataset_arguments(parser)
@@ -35,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     engine = {name: getattr(args, name) for name, _ in ENGINE_ARGS}
-    llm = LLM(args.model, args.dtype, use_tqdm=not args.disable_tqdm, **engine)
+    llm = LLM(args.model, args.dtype, kv_cache_dtype=args.kv_cache_dtype, use_tqdm=not args.disable_tqdm,
+              **engine)
     requests = bench_args.sample_requests(args, llm.get_tokenizer(), args.num_prompts)
     result = benchmark_offline(llm, requests, progress=not args.disable_tqdm)
     print(f"Throughput: {result['requests_per_second']:.2f} requests/s, "

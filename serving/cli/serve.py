@@ -21,6 +21,7 @@ from tpuserve.serving.api.context import ServingContext
 from tpuserve.serving.api.launcher import PortInUseError, bind_socket, run_server, url
 from tpuserve.serving.api.server import build_app
 from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.config import KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES
 from tpuserve.serving.data_parallel import DataParallelEngine
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS
@@ -74,6 +75,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument("--page-size", type=int, default=16, help="tokens per KV-cache page (default: 16)")
     engine.add_argument("--kv-cache-memory", type=memory_size, metavar="SIZE", help="KV-cache size, e.g. 4G")
+    engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
     engine.add_argument("--seed", type=int, default=0, help="engine seed for unseeded requests (default: 0)")
     engine.add_argument(
         "--enable-prefix-caching",
@@ -140,6 +142,7 @@ def _make_llm(args: argparse.Namespace) -> functools.partial[LLM]:
         max_num_batched_tokens=args.max_num_batched_tokens,
         page_size=args.page_size,
         kv_cache_memory=args.kv_cache_memory,
+        kv_cache_dtype=args.kv_cache_dtype,
         enable_prefix_caching=args.enable_prefix_caching,
         seed=args.seed,
         compilation_cache_dir=args.compilation_cache_dir,
