@@ -5,7 +5,8 @@ the set of compiled programs is known at start-up and nothing compiles while ser
 
 - token buckets: powers of two from `EngineConfig.min_token_bucket` (1 on CPU, 16 on accelerators) up to
   `max_num_batched_tokens` (which is itself included);
-- sequence buckets: powers of two from 8 up to `max_num_seqs` (which is itself included).
+- sequence buckets: powers of two from the smaller of 8 and the smallest token bucket up to
+  `max_num_seqs` (which is itself included).
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ def power_of_two_buckets(smallest: int, largest: int) -> tuple[int, ...]:
         size *= 2
     buckets.append(largest)
     return tuple(buckets)
-
-
-def seq_buckets(max_num_seqs: int) -> tuple[int, ...]:
-    return power_of_two_buckets(MIN_SEQ_BUCKET, max_num_seqs)
 
 
 def pad_to(n: int, buckets: tuple[int, ...]) -> int:

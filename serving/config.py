@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from tpuserve.serving.buckets import power_of_two_buckets, seq_buckets
+from tpuserve.serving.buckets import MIN_SEQ_BUCKET, power_of_two_buckets
 
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHE_DTYPE_HELP = "KV-cache dtype (default auto: float32 on CPU, else the weights' dtype)"
@@ -23,7 +23,8 @@ class EngineConfig:
     - `kv_cache_dtype`: the weights' dtype, except float32 on CPU, where XLA has no fast 16-bit gather or
       scatter (a bfloat16 cache measured 2-4x slower attention than a float32 one; docs/performance.md);
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
-      16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway;
+      16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets
+      start at the smaller of it and 8;
     - `float32_max_tokens`: forwards of at most this many rows (and LM heads of at most this many sampled
       rows) use a float32 copy of 16-bit weights: 16 on CPU, whose bfloat16 dots are fast only with many
       rows (8x slower than float32 at one row, 1.9x faster at 64), 0 (never) on accelerators.
@@ -70,7 +71,9 @@ class EngineConfig:
             raise ValueError(f"min_token_bucket must be positive, got {self.min_token_bucket}")
         object.__setattr__(
             self, "token_buckets", power_of_two_buckets(self.min_token_bucket, self.max_num_batched_tokens))
-        object.__setattr__(self, "seq_buckets", seq_buckets(self.max_num_seqs))
+        # The LM head and sampler cost what their rows cost too, so they start as small as the forward does.
+        smallest_seq_bucket = min(MIN_SEQ_BUCKET, self.min_token_bucket)
+        object.__setattr__(self, "seq_buckets", power_of_two_buckets(smallest_seq_bucket, self.max_num_seqs))
         object.__setattr__(self, "pages_per_seq", pages_per_seq)
 
 

@@ -30,8 +30,10 @@ def bf16(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 def test_cpu_defaults_and_overrides() -> None:
     config = EngineConfig(**CONFIG)
     assert config.token_buckets == (1, 2, 4, 8, 16, 32)
+    assert config.seq_buckets == (1, 2, 4)
     assert config.float32_max_tokens == 16
-    assert EngineConfig(**CONFIG, min_token_bucket=16).token_buckets == (16, 32)
+    wide = EngineConfig(**(CONFIG | {"max_num_seqs": 16}), min_token_bucket=16)
+    assert (wide.token_buckets, wide.seq_buckets) == ((16, 32), (8, 16))
     assert EngineConfig(**CONFIG, float32_max_tokens=0).float32_max_tokens == 0
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         EngineConfig(**CONFIG, kv_cache_dtype="int3")
