@@ -33,6 +33,7 @@ class LLM:
 
     `tensor_parallel_size` > 1 splits the model over that many devices (`tpuserve.model.sharding`): the
     first of `devices` (default `jax.devices()`); `kv_cache_memory` is then a per-device budget.
+    `kv_cache_dtype` and `min_token_bucket` default to what is fastest on the platform (`EngineConfig`).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class LLM:
         enable_prefix_caching: bool = True,
         seed: int = 0,
         kv_cache_dtype: str = "auto",
+        min_token_bucket: int | None = None,
         compilation_cache_dir: str | None = None,
         backend: str = "auto",
         use_tqdm: bool = True,
@@ -66,6 +68,7 @@ class LLM:
             max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, page_size=page_size, num_pages=num_pages,
             enable_prefix_caching=enable_prefix_caching, seed=seed, kv_cache_dtype=kv_cache_dtype,
+            min_token_bucket=min_token_bucket,
         )
         self.engine = Engine(self.loaded, self.config, backend)
         labels = self.config.token_buckets + self.config.seq_buckets

@@ -76,6 +76,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--page-size", type=int, default=16, help="tokens per KV-cache page (default: 16)")
     engine.add_argument("--kv-cache-memory", type=memory_size, metavar="SIZE", help="KV-cache size, e.g. 4G")
     engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
+    engine.add_argument(
+        "--min-token-bucket", type=int,
+        help="smallest compiled step size in tokens (default: 1 on CPU, 16 on accelerators)",
+    )
     engine.add_argument("--seed", type=int, default=0, help="engine seed for unseeded requests (default: 0)")
     engine.add_argument(
         "--enable-prefix-caching",
@@ -143,6 +147,7 @@ def _make_llm(args: argparse.Namespace) -> functools.partial[LLM]:
         page_size=args.page_size,
         kv_cache_memory=args.kv_cache_memory,
         kv_cache_dtype=args.kv_cache_dtype,
+        min_token_bucket=args.min_token_bucket,
         enable_prefix_caching=args.enable_prefix_caching,
         seed=args.seed,
         compilation_cache_dir=args.compilation_cache_dir,

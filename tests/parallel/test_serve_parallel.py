@@ -12,7 +12,8 @@ from tests.parallel.checkpoints import write_family_checkpoint
 from tests.serving.api.server_process import ServerProcess
 from tpuserve.serving import LLM, SamplingParams
 
-ENGINE = {"max_model_len": 128, "max_num_seqs": 8, "max_num_batched_tokens": 32, "page_size": 16}
+ENGINE = {"max_model_len": 128, "max_num_seqs": 8, "max_num_batched_tokens": 32, "page_size": 16,
+          "min_token_bucket": 16}
 PROMPTS = [[5, 17, 2, 44], [9, 9, 31], [60, 1, 2, 3, 4, 5, 6], [12], [70, 71], [33, 34, 35, 36, 37]]
 
 

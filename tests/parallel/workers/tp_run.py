@@ -25,8 +25,9 @@ from tpuserve.model.sharding import make_mesh
 from tpuserve.serving import LLM, SamplingParams
 from tpuserve.serving.compilation import compilation_count
 
+# One token bucket: these tests are about splitting, and every bucket is compiled once per mesh.
 ENGINE = {"max_model_len": 128, "max_num_seqs": 8, "max_num_batched_tokens": 16, "page_size": 16,
-          "num_pages": 48, "use_tqdm": False}
+          "num_pages": 48, "use_tqdm": False, "min_token_bucket": 16}
 PROMPT_LENS = (3, 17, 29)
 MAX_TOKENS = 6
 

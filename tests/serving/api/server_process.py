@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 
 ENGINE_ARGS = ("--max-model-len", "1024", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
-               "--page-size", "16")
+               "--page-size", "16", "--min-token-bucket", "16")
 """Small buckets shared with the in-process `LLM` of the tests, so compiles hit one persistent cache."""
-ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16}
+ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16,
+                 "min_token_bucket": 16}
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 
