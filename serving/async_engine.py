@@ -35,6 +35,11 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _deliver(batch: list[tuple[_Stream, RequestOutput]]) -> None:
+    for stream, output in batch:
+        stream.queue.put_nowait(output)
+
+
 class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -117,12 +122,16 @@ class AsyncEngine:
                 self._wake.clear()
                 while not self._commands.empty():
                     self._commands.get()()
+                # One wake-up of each event loop per step, not one per request (64 self-pipe writes).
+                batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
                 for output in self.engine.step():
                     stream = self._streams.get(output.request_id)
                     if stream is not None:
                         if output.finished:
                             del self._streams[output.request_id]
-                        stream.put(output)
+                        batches.setdefault(stream.loop, []).append((stream, output))
+                for loop, batch in batches.items():
+                    loop.call_soon_threadsafe(_deliver, batch)
         except BaseException as error:  # every waiting request must learn of it
             log.exception("engine thread failed")
             self.error = error

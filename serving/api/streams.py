@@ -36,6 +36,10 @@ async def merge(streams: Sequence[AsyncIterator[RequestOutput]]) -> AsyncIterato
     Leaving early (disconnect, error) cancels every pump, which closes each engine stream and so aborts
     its request.
     """
+    if len(streams) == 1:  # the common case (n = 1, one prompt): no pump task and queue hop per token
+        async for output in streams[0]:
+            yield 0, output
+        return
     queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: AsyncIterator[RequestOutput]) -> None:
