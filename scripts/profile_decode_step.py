@@ -1,0 +1,62 @@
+"""Time a real engine's full-batch decode step and its parts: the forward, then LM head + sampler.
+
+Usage: .venv/bin/python scripts/profile_decode_step.py [--dtype bfloat16] [--batch 64] [--prompt-len 128]
+
+Fills the engine with `--batch` random prompts, steps until all of them decode, then times ten steps as
+the engine runs them (dispatch overlapped) and ten more with the forward and the sampler each waited on,
+so their own times show. Greedy, like `tpuserve bench serve`'s default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from tpuserve.serving.llm import LLM
+from tpuserve.serving.sampling_params import SamplingParams
+
+
+def synced(fn: Callable, times: list[float]) -> Callable:
+    def wrapper(*args: object) -> object:
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+        return out
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    args = parser.parse_args()
+    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), use_tqdm=False)
+    engine, runner = llm.engine, llm.engine.runner
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
+    for i in range(args.batch):
+        engine.add_request(str(i), rng.integers(100, 40000, args.prompt_len).tolist(), params)
+    decoding: set[str] = set()
+    while len(decoding) < args.batch:  # every prompt prefilled: each request has sampled a token
+        decoding.update(output.request_id for output in engine.step())
+    steps = []
+    for _ in range(10):
+        start = time.perf_counter()
+        engine.step()
+        steps.append(time.perf_counter() - start)
+    forward, sample = [], []
+    runner.forward, runner.sample = synced(runner.forward, forward), synced(runner.sample, sample)
+    for _ in range(10):
+        engine.step()
+    print(f"{args.dtype}, batch {args.batch}: step {np.median(steps) * 1e3:.1f} ms "
+          f"(forward {np.median(forward) * 1e3:.1f} ms, LM head + sampler {np.median(sample) * 1e3:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
