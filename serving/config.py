@@ -19,7 +19,8 @@ class EngineConfig:
 
     `num_pages` counts the reserved null page 0, so `num_pages - 1` pages hold real tokens.
 
-    Three fields default (`"auto"`/None) to what is fastest on the platform, which they record once resolved:
+    Three fields default (`"auto"`/None) to what is fastest on the platform. The two bucket fields are
+    resolved here; the cache dtype also depends on the weights, so `resolve_kv_cache_dtype` resolves it:
     - `kv_cache_dtype`: the weights' dtype, except float32 on CPU, where XLA has no fast 16-bit gather or
       scatter (a bfloat16 cache measured 2-4x slower attention than a float32 one; docs/performance.md);
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
@@ -27,7 +28,8 @@ class EngineConfig:
       start at the smaller of it and 8;
     - `float32_max_tokens`: forwards of at most this many rows (and LM heads of at most this many sampled
       rows) use a float32 copy of 16-bit weights: 16 on CPU, whose bfloat16 dots are fast only with many
-      rows (8x slower than float32 at one row, 1.9x faster at 64), 0 (never) on accelerators.
+      rows (8x slower than float32 at one row, 1.9x faster at 64), 0 (never) on accelerators. The copy
+      costs the weights' size again in float32.
     """
 
     max_model_len: int
@@ -62,7 +64,7 @@ class EngineConfig:
             )
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
-        on_cpu = jax.default_backend() == "cpu"
+        on_cpu = _on_cpu()
         if self.min_token_bucket is None:
             object.__setattr__(self, "min_token_bucket", 1 if on_cpu else 16)
         if self.float32_max_tokens is None:
@@ -81,4 +83,8 @@ def resolve_kv_cache_dtype(name: str, weights_dtype: jnp.dtype) -> jnp.dtype:
     """The KV-cache dtype an `EngineConfig.kv_cache_dtype` of NAME means for weights of WEIGHTS_DTYPE."""
     if name != "auto":
         return jnp.dtype(name)
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(weights_dtype)
+    return jnp.dtype(jnp.float32) if _on_cpu() else jnp.dtype(weights_dtype)
+
+
+def _on_cpu() -> bool:
+    return jax.default_backend() == "cpu"

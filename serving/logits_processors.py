@@ -21,11 +21,11 @@ def apply_bias_and_penalties(logits: jax.Array, state: SamplerState, meta: Sampl
     Each stage reads a `[B, vocab]` table, so it runs only when some row of the batch uses it.
     """
     slots = meta.slot_ids
-    logits = jax.lax.cond(jnp.any(meta.has_bias), lambda x: x + state.bias[slots], _same, logits)
+    logits = jax.lax.cond(jnp.any(meta.has_bias), lambda x: x + state.bias[slots], unchanged, logits)
     before_min = (meta.output_len < meta.min_tokens)[:, None]
     logits = jax.lax.cond(
         jnp.any(before_min),
-        lambda x: jnp.where(before_min & state.min_tokens_ban[slots], -jnp.inf, x), _same, logits,
+        lambda x: jnp.where(before_min & state.min_tokens_ban[slots], -jnp.inf, x), unchanged, logits,
     )
     penalized = (
         (meta.repetition_penalty != 1.0) | (meta.frequency_penalty != 0.0) | (meta.presence_penalty != 0.0)
@@ -33,10 +33,11 @@ def apply_bias_and_penalties(logits: jax.Array, state: SamplerState, meta: Sampl
     def penalize(x: jax.Array) -> jax.Array:
         return apply_penalties(x, state.output_counts[slots], state.prompt_mask[slots], meta)
 
-    return jax.lax.cond(jnp.any(penalized), penalize, _same, logits)
+    return jax.lax.cond(jnp.any(penalized), penalize, unchanged, logits)
 
 
-def _same(logits: jax.Array) -> jax.Array:
+def unchanged(logits: jax.Array, *_params: jax.Array) -> jax.Array:
+    """The skipped branch of a stage's `cond` (it ignores the stage's parameters)."""
     return logits
 
 

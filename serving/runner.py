@@ -62,14 +62,15 @@ class ModelRunner:
         self.graphdef, self.params = nnx.split(model)
         # Few-row programs run on a float32 copy of 16-bit weights where the platform's 16-bit dots need
         # many rows to be fast (`EngineConfig.float32_max_tokens`).
+        dtype = jax.tree.leaves(self.params)[0].dtype
         self.float32_params = self.params
-        if config.float32_max_tokens and weights_dtype(self.params).itemsize < 4:
+        if config.float32_max_tokens and dtype.itemsize < 4:
             self.float32_params = jax.tree.map(lambda p: p.astype(jnp.float32), self.params)
         # Committed to the device(s) like every later (jit-produced) value, so warm-up shapes hit the same
         # compiled programs as serving does.
         self.mesh = model_mesh(model)
         placement = jax.devices()[0] if self.mesh is None else NamedSharding(self.mesh, P())
-        cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, weights_dtype(self.params))
+        cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, dtype)
         self.kv_caches = init_kv_caches(model.config, config.num_pages, config.page_size, cache_dtype,
                                         backend, self.mesh)
         if self.mesh is None:  # with a mesh they are created committed to their shards
@@ -168,8 +169,3 @@ class ModelRunner:
             cu_q_lens=np.zeros(config.max_num_seqs + 1, np.int32),
             num_seqs=np.zeros(1, np.int32),
         )
-
-
-def weights_dtype(params: nnx.State) -> jnp.dtype:
-    return jax.tree.leaves(params)[0].dtype
-

@@ -34,6 +34,7 @@ from tpuserve.serving.logits_processors import (
     filter_min_p,
     filter_top_k,
     filter_top_p,
+    unchanged,
 )
 from tpuserve.serving.logprobs import TokenLogprobs, empty_logprobs, token_logprobs
 from tpuserve.serving.sampler_state import SamplerState, record_tokens
@@ -87,15 +88,11 @@ def first_argmax(x: jax.Array) -> jax.Array:
 def _sample_random(logits: jax.Array, greedy: jax.Array, meta: SamplingMetadata) -> jax.Array:
     """Temperature, min-p, top-k/top-p, then an exact categorical draw from one uniform per row."""
     scaled = logits / jnp.where(greedy, 1.0, meta.temperature)[:, None]
-    scaled = jax.lax.cond(jnp.any(meta.min_p > 0), filter_min_p, _unchanged, scaled, meta.min_p)
-    scaled = jax.lax.cond(jnp.any(meta.top_k > 0), filter_top_k, _unchanged, scaled, meta.top_k)
-    scaled = jax.lax.cond(jnp.any(meta.top_p < 1.0), filter_top_p, _unchanged, scaled, meta.top_p)
+    scaled = jax.lax.cond(jnp.any(meta.min_p > 0), filter_min_p, unchanged, scaled, meta.min_p)
+    scaled = jax.lax.cond(jnp.any(meta.top_k > 0), filter_top_k, unchanged, scaled, meta.top_k)
+    scaled = jax.lax.cond(jnp.any(meta.top_p < 1.0), filter_top_p, unchanged, scaled, meta.top_p)
     uniform = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(_row_keys(meta))
     return sample_categorical(jax.nn.softmax(scaled, axis=-1), uniform)
-
-
-def _unchanged(logits: jax.Array, _param: jax.Array) -> jax.Array:
-    return logits
 
 
 def _row_keys(meta: SamplingMetadata) -> jax.Array:
