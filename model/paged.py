@@ -17,7 +17,12 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tpuserve.kernels import kv_cache_shape, ragged_paged_attention
+from tpuserve.kernels import (
+    kv_cache_shape,
+    kv_cache_storage_dtype,
+    kv_cache_value_dtype,
+    ragged_paged_attention,
+)
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.layers.attention import AttentionSpec
 from tpuserve.model.sharding import KV_CACHE_SPEC, MODEL_AXIS
@@ -37,9 +42,11 @@ def init_kv_caches(
     config: ModelConfig, num_pages: int, page_size: int, dtype: jnp.dtype, backend: str = "auto",
     mesh: Mesh | None = None,
 ) -> list[jax.Array]:
-    """One zeroed cache array per layer, laid out as the kernel backend wants it; with a MESH, created
-    directly in its head-sharded layout (each device allocates only its own heads)."""
+    """One zeroed cache array per layer holding `dtype` values, laid out and typed as the kernel backend
+    wants it (`kv_cache_storage_dtype`); with a MESH, created directly in its head-sharded layout (each
+    device allocates only its own heads)."""
     shape = kv_cache_shape(num_pages, page_size, config.num_kv_heads, config.head_dim, backend=backend)
+    dtype = kv_cache_storage_dtype(dtype, backend)
     if mesh is None:
         return [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=NamedSharding(mesh, KV_CACHE_SPEC))
@@ -56,7 +63,7 @@ class _PagedCore:
         self.mesh = mesh
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec) -> jax.Array:
-        dtype = self.kv_cache.dtype
+        dtype = kv_cache_value_dtype(self.kv_cache.dtype)
 
         def kernel(q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array,
                    *metadata: jax.Array) -> tuple[jax.Array, jax.Array]:

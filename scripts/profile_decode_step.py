@@ -1,6 +1,7 @@
 """Time a real engine's full-batch decode step and its parts: the forward, then LM head + sampler.
 
-Usage: .venv/bin/python scripts/profile_decode_step.py [--dtype bfloat16] [--batch 64] [--prompt-len 128]
+Usage: .venv/bin/python scripts/profile_decode_step.py [--dtype bfloat16] [--kv-cache-dtype auto] [--batch 64]
+       [--prompt-len 128]
 
 Fills the engine with `--batch` random prompts, steps until all of them decode, then times ten steps as
 the engine runs them (dispatch overlapped) and ten more with the forward and the sampler each waited on,
@@ -33,10 +34,11 @@ def synced(fn: Callable, times: list[float]) -> Callable:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--kv-cache-dtype", default="auto")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     args = parser.parse_args()
-    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), use_tqdm=False)
+    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), kv_cache_dtype=args.kv_cache_dtype, use_tqdm=False)
     engine, runner = llm.engine, llm.engine.runner
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
@@ -54,7 +56,7 @@ def main() -> None:
     runner.forward, runner.sample = synced(runner.forward, forward), synced(runner.sample, sample)
     for _ in range(10):
         engine.step()
-    print(f"{args.dtype}, batch {args.batch}: step {np.median(steps) * 1e3:.1f} ms "
+    print(f"{args.dtype}, cache {args.kv_cache_dtype}, batch {args.batch}: step {np.median(steps) * 1e3:.1f} ms "
           f"(forward {np.median(forward) * 1e3:.1f} ms, LM head + sampler {np.median(sample) * 1e3:.1f} ms)")
 
 

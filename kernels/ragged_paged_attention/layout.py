@@ -32,6 +32,21 @@ def padded_head_dim(head_dim: int, backend: str) -> int:
     return head_dim
 
 
+def kv_cache_storage_dtype(dtype: jnp.dtype, backend: str) -> jnp.dtype:
+    """The array dtype that holds a cache of `dtype` values: the reference backend keeps bfloat16 as its
+    uint16 bits. XLA:CPU runs every in-place update of a bfloat16 buffer by converting the WHOLE buffer to
+    float32 and back (45 ms for one 64-row scatter into a 71 MB layer cache); on integers it writes only
+    the scattered rows (0.01 ms). Pallas backends take bfloat16 as it is."""
+    if resolve_backend(backend) == "reference" and jnp.dtype(dtype) == jnp.bfloat16:
+        return jnp.dtype(jnp.uint16)
+    return jnp.dtype(dtype)
+
+
+def kv_cache_value_dtype(storage_dtype: jnp.dtype) -> jnp.dtype:
+    """The dtype of the values held by a cache array of `storage_dtype` (undoes `kv_cache_storage_dtype`)."""
+    return jnp.dtype(jnp.bfloat16 if storage_dtype == jnp.uint16 else storage_dtype)
+
+
 def kv_cache_shape(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, *, backend: str
 ) -> tuple[int, ...]:

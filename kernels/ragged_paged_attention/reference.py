@@ -18,7 +18,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, interleave_kv, token_positions
+from tpuserve.kernels.ragged_paged_attention.layout import (
+    cache_slots,
+    interleave_kv,
+    kv_cache_value_dtype,
+    token_positions,
+)
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
 MASK_VALUE = -1e30
@@ -58,15 +63,10 @@ def write_kv(
     num_pages, page_size, _, padded_dim = kv_cache.shape
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
-    flat = _as_bits(kv_cache).reshape(num_pages * page_size, *kv_cache.shape[2:])
-    flat = flat.at[slots].set(_as_bits(interleave_kv(k, v, padded_dim).astype(kv_cache.dtype)), mode="drop")
-    return lax.bitcast_convert_type(flat.reshape(kv_cache.shape), kv_cache.dtype)
-
-
-def _as_bits(x: jax.Array) -> jax.Array:
-    """16-bit floats as uint16: XLA:CPU runs a 16-bit float gather or scatter by converting the WHOLE
-    operand (every page of the cache) to float32 and back; on integers it moves only the touched rows."""
-    return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype.itemsize == 2 else x
+    rows = interleave_kv(k, v, padded_dim).astype(kv_cache_value_dtype(kv_cache.dtype))
+    rows = lax.bitcast_convert_type(rows, kv_cache.dtype)  # the storage dtype (uint16 bits of bfloat16)
+    flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:]).at[slots].set(rows, mode="drop")
+    return flat.reshape(kv_cache.shape)
 
 
 def _make_items(
@@ -100,8 +100,8 @@ def _gather_kv_block(
     pages_per_block = kv_block // page_size
     cols = block[:, None] * pages_per_block + jnp.arange(pages_per_block)
     cols = jnp.clip(cols, 0, page_indices.shape[1] - 1)
-    kv = _as_bits(kv_cache)[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_pad]
-    kv = lax.bitcast_convert_type(kv, kv_cache.dtype).astype(jnp.float32)
+    kv = kv_cache[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_pad]
+    kv = lax.bitcast_convert_type(kv, kv_cache_value_dtype(kv_cache.dtype)).astype(jnp.float32)
     kv = kv.reshape(seq.shape[0], kv_block, kv.shape[3] // 2, 2, kv.shape[4])[..., :head_dim]
     positions = block[:, None] * kv_block + jnp.arange(kv_block)
     return jnp.transpose(kv[:, :, :, 0], (0, 2, 3, 1)), kv[:, :, :, 1], positions

@@ -4,12 +4,20 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.kernels.cases import CaseSpec, make_case
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import KernelInputError, kv_cache_shape, ragged_paged_attention, resolve_backend
+from tpuserve.kernels import (
+    KernelInputError,
+    kv_cache_shape,
+    kv_cache_storage_dtype,
+    kv_cache_value_dtype,
+    ragged_paged_attention,
+    resolve_backend,
+)
 from tpuserve.kernels.ragged_paged_attention import reference
 
 # One padded shape (T=32, S=8, pages_per_seq=8, 48 pages), many batch compositions.
@@ -83,6 +91,16 @@ def test_contract_violations_raise(field, bad, message):
     case = dataclasses.replace(make_case(COMPOSITIONS[0]), **{field: bad})
     with pytest.raises(KernelInputError, match=message):
         ragged_paged_attention(*case.args(), **case.kwargs(), backend="reference")
+
+
+def test_only_the_reference_backend_holds_bfloat16_as_bits():
+    assert kv_cache_storage_dtype(jnp.bfloat16, "reference") == jnp.uint16
+    assert kv_cache_value_dtype(jnp.dtype(jnp.uint16)) == jnp.bfloat16
+    for dtype in (jnp.float32, jnp.float16):
+        assert kv_cache_storage_dtype(dtype, "reference") == dtype
+        assert kv_cache_value_dtype(jnp.dtype(dtype)) == dtype
+    for backend in ("gpu", "tpu"):
+        assert kv_cache_storage_dtype(jnp.bfloat16, backend) == jnp.bfloat16
 
 
 def test_kv_cache_shape_pads_head_dim_only_for_tpu():

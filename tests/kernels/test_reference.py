@@ -7,12 +7,14 @@ float32 accumulation). The cache after the write must match the oracle's expecte
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.kernels.cases import STANDARD, CaseSpec, make_case, random_spec
 from tests.kernels.dense_oracle import dense_attention
+from tpuserve.kernels import kv_cache_storage_dtype
 from tpuserve.kernels.ragged_paged_attention import reference
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -93,3 +95,17 @@ def test_write_lands_in_expected_slot():
     kv = np.asarray(got_cache)[page, slot]
     np.testing.assert_array_equal(kv[0::2], case.k[row])
     np.testing.assert_array_equal(kv[1::2], case.v[row])
+
+
+def test_bfloat16_cache_held_as_bits_computes_the_same():
+    """The reference backend's storage of a bfloat16 cache (uint16 bits, `kv_cache_storage_dtype`) gives the
+    same output bits, and the same cache bits, as a bfloat16-typed cache."""
+    case = make_case(_bucketed(random_spec(3), name="bits", dtype="bfloat16"))
+    typed_out, typed_cache = reference.ragged_paged_attention(*map(jnp.asarray, case.args()), **case.kwargs())
+    storage = kv_cache_storage_dtype(jnp.bfloat16, "reference")
+    args = list(map(jnp.asarray, case.args()))  # fresh: the cache is donated
+    args[3] = jax.lax.bitcast_convert_type(args[3], storage)
+    bits_out, bits_cache = reference.ragged_paged_attention(*args, **case.kwargs())
+    assert bits_cache.dtype == storage == jnp.uint16
+    np.testing.assert_array_equal(np.asarray(bits_out).view(np.uint16), np.asarray(typed_out).view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(bits_cache), np.asarray(typed_cache).view(np.uint16))

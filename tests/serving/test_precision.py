@@ -1,5 +1,6 @@
-"""Platform defaults for speed: token buckets from 1, float32 weights for few-row programs, float32 KV cache
-on CPU; and that the float32 copy of 16-bit weights really is what small buckets run on."""
+"""Platform defaults for speed: token buckets from 1, float32 weights for few-row programs, a KV cache in the
+weights' dtype (bfloat16 held as bits) on CPU; and that the float32 copy of 16-bit weights really is what
+small buckets run on."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def test_cpu_defaults_and_overrides() -> None:
         EngineConfig(**CONFIG, kv_cache_dtype="int3")
     with pytest.raises(ValueError, match="min_token_bucket"):
         EngineConfig(**CONFIG, min_token_bucket=0)
-    assert resolve_kv_cache_dtype("auto", jnp.bfloat16) == jnp.float32
+    assert resolve_kv_cache_dtype("auto", jnp.bfloat16) == jnp.bfloat16
+    assert resolve_kv_cache_dtype("auto", jnp.float16) == jnp.float32
+    assert resolve_kv_cache_dtype("auto", jnp.float32) == jnp.float32
     assert resolve_kv_cache_dtype("bfloat16", jnp.float32) == jnp.bfloat16
 
 
@@ -72,7 +75,7 @@ def test_small_buckets_run_on_float32_copies_and_large_ones_on_bfloat16(bf16: Lo
     runner = engine.runner
     assert {leaf.dtype for leaf in jax.tree.leaves(runner.params)} == {jnp.dtype(jnp.bfloat16)}
     assert {leaf.dtype for leaf in jax.tree.leaves(runner.float32_params)} == {jnp.dtype(jnp.float32)}
-    assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.float32)}
+    assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint16)}  # bfloat16 bits
     seen = forward_dtypes(engine)
     run(engine, PROMPTS)
     assert seen[32] == jnp.bfloat16  # the 21 + 4 prompt tokens of the first step
@@ -89,9 +92,9 @@ def test_float32_copy_generates_what_the_upcast_model_generates(bf16: LoadedMode
         assert_dense_greedy(oracle, output)
 
 
-def test_sixteen_bit_cache_when_asked(bf16: LoadedModel) -> None:
-    engine = Engine(bf16, EngineConfig(**CONFIG, kv_cache_dtype="bfloat16", float32_max_tokens=0))
-    assert {cache.dtype for cache in engine.runner.kv_caches} == {jnp.dtype(jnp.bfloat16)}
+def test_float32_cache_when_asked(bf16: LoadedModel) -> None:
+    engine = Engine(bf16, EngineConfig(**CONFIG, kv_cache_dtype="float32", float32_max_tokens=0))
+    assert {cache.dtype for cache in engine.runner.kv_caches} == {jnp.dtype(jnp.float32)}
     assert engine.runner.float32_params is engine.runner.params
     outputs = run(engine, PROMPTS)
     assert [len(o.outputs[0].token_ids) for o in outputs] == [6, 6]
