@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     args = parser.parse_args()
-    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), kv_cache_dtype=args.kv_cache_dtype, use_tqdm=False)
+    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), kv_cache_dtype=args.kv_cache_dtype,
+              use_tqdm=False)
     engine, runner = llm.engine, llm.engine.runner
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
@@ -56,7 +57,8 @@ def main() -> None:
     runner.forward, runner.sample = synced(runner.forward, forward), synced(runner.sample, sample)
     for _ in range(10):
         engine.step()
-    print(f"{args.dtype}, cache {args.kv_cache_dtype}, batch {args.batch}: step {np.median(steps) * 1e3:.1f} ms "
+    print(f"{args.dtype} weights, {args.kv_cache_dtype} cache, batch {args.batch}: "
+          f"step {np.median(steps) * 1e3:.1f} ms "
           f"(forward {np.median(forward) * 1e3:.1f} ms, LM head + sampler {np.median(sample) * 1e3:.1f} ms)")
 
 
