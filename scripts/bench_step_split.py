@@ -49,8 +49,8 @@ def profile(weights: str, cache_dtype: str, batch: int, context: int, reps: int)
     config = loaded.config
     pages_per_seq = -(-context // PAGE_SIZE)
     rng = np.random.default_rng(0)
-    caches = [
-        jnp.asarray(rng.standard_normal(c.shape) * 0.1, c.dtype)
+    caches = [  # random values, held as the kernel stores them (bfloat16 as bits on CPU)
+        jax.lax.bitcast_convert_type(jnp.asarray(rng.standard_normal(c.shape) * 0.1, cache_dtype), c.dtype)
         for c in init_kv_caches(config, 1 + batch * pages_per_seq, PAGE_SIZE, jnp.dtype(cache_dtype))
     ]
     metadata = AttentionMetadata(
