@@ -138,7 +138,7 @@ class Engine:
         seqs = [self._sequences[c.request.request_id][1] for c in step.sampled]
         meta = SamplingMetadata.from_params(
             [s.request.sampling_params for s in seqs],
-            num_rows=len(step.sample_rows),
+            num_rows=step.num_sample_rows,
             slot_ids=[s.slot for s in seqs],
             output_lens=[len(s.request.output_token_ids) for s in seqs],
             request_numbers=[self._numbers[s.request.request_id] for s in seqs],

@@ -59,6 +59,19 @@ def forward_dtypes(engine: Engine) -> dict[int, jnp.dtype]:
     return seen
 
 
+def logits_calls(engine: Engine) -> list[tuple[int, jnp.dtype]]:
+    """(rows, weights dtype) of every LM head the runner computes from here on."""
+    calls = []
+    program = engine.runner._logits
+
+    def spy(params, rows, num_rows):
+        calls.append((num_rows, jax.tree.leaves(params)[0].dtype))
+        return program(params, rows, num_rows)
+
+    engine.runner._logits = spy
+    return calls
+
+
 def run(engine: Engine, prompts: list[list[int]], max_tokens: int = 6) -> list:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     for i, prompt in enumerate(prompts):
@@ -77,10 +90,14 @@ def test_small_buckets_run_on_float32_copies_and_large_ones_on_bfloat16(bf16: Lo
     assert {leaf.dtype for leaf in jax.tree.leaves(runner.float32_params)} == {jnp.dtype(jnp.float32)}
     assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint16)}  # bfloat16 bits
     seen = forward_dtypes(engine)
+    heads = logits_calls(engine)
     run(engine, PROMPTS)
     assert seen[32] == jnp.bfloat16  # the 21 + 4 prompt tokens of the first step
     assert {seen[t] for t in seen if t <= 16} == {jnp.dtype(jnp.float32)}
     assert min(seen) <= 2  # decode ran in a 1- or 2-row bucket, not padded to 16
+    # The LM head and sampler run on the sequence bucket of the rows sampled, not on max_num_seqs rows.
+    assert {rows for rows, _ in heads} == {2}
+    assert {dtype for _, dtype in heads} == {jnp.dtype(jnp.float32)}
 
 
 def test_float32_copy_generates_what_the_upcast_model_generates(bf16: LoadedModel) -> None:
