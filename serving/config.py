@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from tpuserve.serving.buckets import MIN_SEQ_BUCKET, power_of_two_buckets
 
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-KV_CACHE_DTYPE_HELP = "KV-cache dtype (default auto: the weights' dtype; float32 for float16 weights on CPU)"
+KV_CACHE_DTYPE_HELP = "KV-cache dtype (default auto: the weights' dtype)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +21,9 @@ class EngineConfig:
 
     Three fields default (`"auto"`/None) to what is fastest on the platform. The two bucket fields are
     resolved here; the cache dtype also depends on the weights, so `resolve_kv_cache_dtype` resolves it:
-    - `kv_cache_dtype`: the weights' dtype, except float32 for float16 weights on CPU, where XLA updates a
-      float16 buffer by converting all of it (the reference kernel keeps bfloat16 as integer bits instead,
-      `tpuserve.kernels.kv_cache_storage_dtype`; half the bytes of float32, 12-15% faster decode steps);
+    - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel keeps 16-bit floats as integer bits,
+      `tpuserve.kernels.kv_cache_storage_dtype`: a bfloat16 cache is half the bytes of a float32 one and
+      gave 12-15% faster 64-row decode steps);
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
       16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets
       start at the smaller of it and 8;
@@ -84,8 +84,6 @@ def resolve_kv_cache_dtype(name: str, weights_dtype: jnp.dtype) -> jnp.dtype:
     """The KV-cache dtype an `EngineConfig.kv_cache_dtype` of NAME means for weights of WEIGHTS_DTYPE."""
     if name != "auto":
         return jnp.dtype(name)
-    if _on_cpu() and jnp.dtype(weights_dtype) == jnp.float16:
-        return jnp.dtype(jnp.float32)
     return jnp.dtype(weights_dtype)
 
 

@@ -34,7 +34,7 @@ def ragged_paged_attention(
       q: `[T, Hq, D]` queries, flattened ragged; sequence s owns rows `cu_q_lens[s]:cu_q_lens[s+1]`.
       k, v: `[T, Hkv, D]` the step's new keys/values (same rows as q), `Hq % Hkv == 0` (GQA).
       kv_cache: `[num_pages, page_size, 2 * Hkv, D_padded]` from `kv_cache_shape`, typed by
-        `kv_cache_storage_dtype` (the reference backend holds bfloat16 as uint16 bits); donated.
+        `kv_cache_storage_dtype` (the reference backend holds 16-bit floats as integer bits); donated.
       kv_lens: `i32[S]` sequence length after this step (cached + new); 0 marks a padded sequence.
       page_indices: `i32[S, P]`; position p of sequence s lives in page `page_indices[s, p // page_size]`,
         slot `p % page_size`. Page 0 is the null page and never holds real tokens.

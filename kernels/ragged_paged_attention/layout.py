@@ -32,19 +32,23 @@ def padded_head_dim(head_dim: int, backend: str) -> int:
     return head_dim
 
 
+# Integer twins of the 16-bit float dtypes; distinct, so a cache array's dtype says which floats it holds.
+_BITS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16), jnp.dtype(jnp.float16): jnp.dtype(jnp.int16)}
+_FLOATS = {bits: value for value, bits in _BITS.items()}
+
+
 def kv_cache_storage_dtype(dtype: jnp.dtype, backend: str) -> jnp.dtype:
-    """The array dtype that holds a cache of `dtype` values: the reference backend keeps bfloat16 as its
-    uint16 bits. XLA:CPU runs every in-place update of a bfloat16 buffer by converting the WHOLE buffer to
-    float32 and back (45 ms for one 64-row scatter into a 71 MB layer cache); on integers it writes only
-    the scattered rows (0.01 ms). Pallas backends take bfloat16 as it is."""
-    if resolve_backend(backend) == "reference" and jnp.dtype(dtype) == jnp.bfloat16:
-        return jnp.dtype(jnp.uint16)
-    return jnp.dtype(dtype)
+    """The array dtype that holds a cache of `dtype` values: the reference backend keeps 16-bit floats as
+    their bits (bfloat16 in uint16, float16 in int16). XLA:CPU runs every in-place update of a 16-bit float
+    buffer by converting the WHOLE buffer to float32 and back (45 ms for one 64-row scatter into a 71 MB
+    layer cache); on integers it writes only the scattered rows (0.01 ms). Pallas backends take the floats."""
+    dtype = jnp.dtype(dtype)
+    return _BITS.get(dtype, dtype) if resolve_backend(backend) == "reference" else dtype
 
 
 def kv_cache_value_dtype(storage_dtype: jnp.dtype) -> jnp.dtype:
     """The dtype of the values held by a cache array of `storage_dtype` (undoes `kv_cache_storage_dtype`)."""
-    return jnp.dtype(jnp.bfloat16 if storage_dtype == jnp.uint16 else storage_dtype)
+    return _FLOATS.get(jnp.dtype(storage_dtype), jnp.dtype(storage_dtype))
 
 
 def kv_cache_shape(

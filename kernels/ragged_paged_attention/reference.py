@@ -64,7 +64,7 @@ def write_kv(
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
     rows = interleave_kv(k, v, padded_dim).astype(kv_cache_value_dtype(kv_cache.dtype))
-    rows = lax.bitcast_convert_type(rows, kv_cache.dtype)  # the storage dtype (uint16 bits of bfloat16)
+    rows = lax.bitcast_convert_type(rows, kv_cache.dtype)  # the storage dtype (16-bit floats as their bits)
     flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:]).at[slots].set(rows, mode="drop")
     return flat.reshape(kv_cache.shape)
 

@@ -93,14 +93,14 @@ def test_contract_violations_raise(field, bad, message):
         ragged_paged_attention(*case.args(), **case.kwargs(), backend="reference")
 
 
-def test_only_the_reference_backend_holds_bfloat16_as_bits():
-    assert kv_cache_storage_dtype(jnp.bfloat16, "reference") == jnp.uint16
-    assert kv_cache_value_dtype(jnp.dtype(jnp.uint16)) == jnp.bfloat16
-    for dtype in (jnp.float32, jnp.float16):
-        assert kv_cache_storage_dtype(dtype, "reference") == dtype
-        assert kv_cache_value_dtype(jnp.dtype(dtype)) == dtype
-    for backend in ("gpu", "tpu"):
-        assert kv_cache_storage_dtype(jnp.bfloat16, backend) == jnp.bfloat16
+def test_only_the_reference_backend_holds_16_bit_floats_as_bits():
+    for value, bits in ((jnp.bfloat16, jnp.uint16), (jnp.float16, jnp.int16)):
+        assert kv_cache_storage_dtype(value, "reference") == bits
+        assert kv_cache_value_dtype(jnp.dtype(bits)) == value
+        for backend in ("gpu", "tpu"):
+            assert kv_cache_storage_dtype(value, backend) == value
+    assert kv_cache_storage_dtype(jnp.float32, "reference") == jnp.float32
+    assert kv_cache_value_dtype(jnp.dtype(jnp.float32)) == jnp.float32
 
 
 def test_kv_cache_shape_pads_head_dim_only_for_tpu():

@@ -97,15 +97,16 @@ def test_write_lands_in_expected_slot():
     np.testing.assert_array_equal(kv[1::2], case.v[row])
 
 
-def test_bfloat16_cache_held_as_bits_computes_the_same():
-    """The reference backend's storage of a bfloat16 cache (uint16 bits, `kv_cache_storage_dtype`) gives the
-    same output bits, and the same cache bits, as a bfloat16-typed cache."""
-    case = make_case(_bucketed(random_spec(3), name="bits", dtype="bfloat16"))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_cache_held_as_bits_computes_the_same(dtype: str):
+    """The reference backend's storage of a 16-bit float cache (integer bits, `kv_cache_storage_dtype`)
+    gives the same output bits, and the same cache bits, as a cache typed as the floats."""
+    case = make_case(_bucketed(random_spec(3), name="bits", dtype=dtype))
     typed_out, typed_cache = reference.ragged_paged_attention(*map(jnp.asarray, case.args()), **case.kwargs())
-    storage = kv_cache_storage_dtype(jnp.bfloat16, "reference")
+    storage = kv_cache_storage_dtype(jnp.dtype(dtype), "reference")
     args = list(map(jnp.asarray, case.args()))  # fresh: the cache is donated
     args[3] = jax.lax.bitcast_convert_type(args[3], storage)
     bits_out, bits_cache = reference.ragged_paged_attention(*args, **case.kwargs())
-    assert bits_cache.dtype == storage == jnp.uint16
+    assert bits_cache.dtype == storage and jnp.issubdtype(storage, jnp.integer)
     np.testing.assert_array_equal(np.asarray(bits_out).view(np.uint16), np.asarray(typed_out).view(np.uint16))
-    np.testing.assert_array_equal(np.asarray(bits_cache), np.asarray(typed_cache).view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(bits_cache), np.asarray(typed_cache).view(storage))

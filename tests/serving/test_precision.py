@@ -41,7 +41,7 @@ def test_cpu_defaults_and_overrides() -> None:
     with pytest.raises(ValueError, match="min_token_bucket"):
         EngineConfig(**CONFIG, min_token_bucket=0)
     assert resolve_kv_cache_dtype("auto", jnp.bfloat16) == jnp.bfloat16
-    assert resolve_kv_cache_dtype("auto", jnp.float16) == jnp.float32
+    assert resolve_kv_cache_dtype("auto", jnp.float16) == jnp.float16
     assert resolve_kv_cache_dtype("auto", jnp.float32) == jnp.float32
     assert resolve_kv_cache_dtype("bfloat16", jnp.float32) == jnp.bfloat16
 
