@@ -19,8 +19,8 @@ class EngineConfig:
 
     `num_pages` counts the reserved null page 0, so `num_pages - 1` pages hold real tokens.
 
-    Three fields default (`"auto"`/None) to what is fastest on the platform. The two bucket fields are
-    resolved here; the cache dtype also depends on the weights, so `resolve_kv_cache_dtype` resolves it:
+    Three fields default to `"auto"`/None: the two platform-dependent ones are resolved here, the cache
+    dtype (which depends on the weights) by `resolve_kv_cache_dtype`:
     - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel keeps 16-bit floats as integer bits,
       `tpuserve.kernels.kv_cache_storage_dtype`: a bfloat16 cache is half the bytes of a float32 one and
       gave 12-15% faster 64-row decode steps);
@@ -82,9 +82,7 @@ class EngineConfig:
 
 def resolve_kv_cache_dtype(name: str, weights_dtype: jnp.dtype) -> jnp.dtype:
     """The KV-cache dtype an `EngineConfig.kv_cache_dtype` of NAME means for weights of WEIGHTS_DTYPE."""
-    if name != "auto":
-        return jnp.dtype(name)
-    return jnp.dtype(weights_dtype)
+    return jnp.dtype(weights_dtype if name == "auto" else name)
 
 
 def _on_cpu() -> bool:
