@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,8 +19,10 @@ from tpuserve.model import (
     ModelLoadError,
     Transformer,
     load_model,
+    loading,
     resolve_checkpoint,
 )
+from tpuserve.model.loaders.gguf import read_gguf
 from tpuserve.model.loading import save_converted
 
 MESSAGES = [{"role": "user", "content": "hello tiny model"}, {"role": "assistant", "content": "world"}]
@@ -109,25 +111,28 @@ def test_existing_destination_is_refused(tiny: LoadedModel, converted: Path) -> 
 
 class DefaultLoads(NamedTuple):
     cold: LoadedModel
-    cold_s: float
     warm: LoadedModel
-    warm_s: float
+    warm_gguf_reads: list[str]
     cache: Path
 
 
 @pytest.fixture(scope="module")
 def default_loads(tmp_path_factory: pytest.TempPathFactory) -> DefaultLoads:
-    """The embedded model loaded twice into an empty cache: cold (GGUF, fills the cache), then warm."""
+    """The embedded model loaded twice into an empty cache: cold (GGUF, fills the cache), then warm with a
+    spy on the GGUF reader. Load times are a benchmark (`scripts/bench_dense_forward.py`), not a test."""
     cache = tmp_path_factory.mktemp("tpuserve-cache")
+    warm_gguf_reads: list[str] = []
+
+    def spy_read_gguf(path: str | os.PathLike[str]) -> object:
+        warm_gguf_reads.append(str(path))
+        return read_gguf(path)
+
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TPUSERVE_CACHE", str(cache))
-        start = time.perf_counter()
         cold = load_model()
-        cold_s = time.perf_counter() - start
-        start = time.perf_counter()
+        env.setattr(loading, "read_gguf", spy_read_gguf)
         warm = load_model()
-        warm_s = time.perf_counter() - start
-    return DefaultLoads(cold, cold_s, warm, warm_s, cache)
+    return DefaultLoads(cold, warm, warm_gguf_reads, cache)
 
 
 def test_default_model_warm_cache_is_bit_identical(default_loads: DefaultLoads) -> None:
@@ -140,8 +145,6 @@ def test_default_model_warm_cache_is_bit_identical(default_loads: DefaultLoads) 
     assert_same_model(warm, cold, tokens)
 
 
-def test_warm_start_is_at_least_3x_faster_than_cold(default_loads: DefaultLoads) -> None:
-    cold_s, warm_s = default_loads.cold_s, default_loads.warm_s
-    print(f"default model load: cold (GGUF) {cold_s:.2f}s, warm (Orbax cache) {warm_s:.2f}s, "
-          f"{cold_s / warm_s:.1f}x")
-    assert cold_s >= 3 * warm_s
+def test_warm_start_never_reads_the_gguf(default_loads: DefaultLoads) -> None:
+    """The warm start's speed comes from skipping the parse and dequantisation; a read here would undo it."""
+    assert default_loads.warm_gguf_reads == []
