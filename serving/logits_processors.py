@@ -22,18 +22,29 @@ def apply_bias_and_penalties(logits: jax.Array, state: SamplerState, meta: Sampl
     """
     slots = meta.slot_ids
     logits = jax.lax.cond(jnp.any(meta.has_bias), lambda x: x + state.bias[slots], unchanged, logits)
-    before_min = (meta.output_len < meta.min_tokens)[:, None]
+    before_min = _before_min_tokens(meta)
     logits = jax.lax.cond(
         jnp.any(before_min),
         lambda x: jnp.where(before_min & state.min_tokens_ban[slots], -jnp.inf, x), unchanged, logits,
     )
-    penalized = (
-        (meta.repetition_penalty != 1.0) | (meta.frequency_penalty != 0.0) | (meta.presence_penalty != 0.0)
-    )
+
     def penalize(x: jax.Array) -> jax.Array:
         return apply_penalties(x, state.output_counts[slots], state.prompt_mask[slots], meta)
 
-    return jax.lax.cond(jnp.any(penalized), penalize, unchanged, logits)
+    return jax.lax.cond(jnp.any(_penalized(meta)), penalize, unchanged, logits)
+
+
+def changes_argmax(meta: SamplingMetadata) -> jax.Array:
+    """Scalar: does some row use a stage of `apply_bias_and_penalties`?"""
+    return jnp.any(meta.has_bias) | jnp.any(_before_min_tokens(meta)) | jnp.any(_penalized(meta))
+
+
+def _before_min_tokens(meta: SamplingMetadata) -> jax.Array:
+    return (meta.output_len < meta.min_tokens)[:, None]
+
+
+def _penalized(meta: SamplingMetadata) -> jax.Array:
+    return (meta.repetition_penalty != 1.0) | (meta.frequency_penalty != 0.0) | (meta.presence_penalty != 0.0)
 
 
 def unchanged(logits: jax.Array, *_params: jax.Array) -> jax.Array:

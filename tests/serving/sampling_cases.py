@@ -25,8 +25,10 @@ def run_batch(
     outputs: Sequence[Sequence[int]] | None = None,
     output_lens: Sequence[int] | None = None,
     request_numbers: Sequence[int] | None = None,
+    random: bool = True,
 ) -> SamplerOutput:
-    """Sample one step with row i in slot i, admitted with `prompts[i]` and `outputs[i]`."""
+    """Sample one step with row i in slot i, admitted with `prompts[i]` and `outputs[i]` (`random=False`:
+    the all-greedy program the engine runs when no row samples)."""
     n, vocab = len(params), logits.shape[1]
     state = SamplerState.create(NUM_SLOTS, vocab)
     for i, p in enumerate(params):
@@ -38,7 +40,7 @@ def run_batch(
         output_lens=output_lens or [len(outputs[i]) if outputs else 0 for i in range(n)],
         request_numbers=request_numbers or range(n),
     )
-    out, _ = sample(logits, state, meta)
+    out, _ = sample(logits, state, meta, random=random)
     return out
 
 

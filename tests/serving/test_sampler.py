@@ -94,6 +94,23 @@ def test_min_tokens_bans_eos_and_stop_tokens_until_reached() -> None:
     assert int(run_batch(logits, [ignore]).token_ids[0]) == EOS, "ignore_eos leaves EOS unbanned"
 
 
+def test_all_greedy_program_applies_bias_penalties_and_min_tokens() -> None:
+    """The all-greedy program (`random=False`) skips its stages as one `cond`; a used stage must still run."""
+    logits = random_logits(5, seed=12, scale=0.5)
+    logits[:, 20], logits[:, 21], logits[:, 3] = 5.0, 4.5, 1.0
+    params = [
+        SamplingParams(temperature=0.0, presence_penalty=1.0),
+        SamplingParams(temperature=0.0, repetition_penalty=1.4),
+        SamplingParams(temperature=0.0, logit_bias={3: 5.0}),
+        SamplingParams(temperature=0.0, min_tokens=3, stop_token_ids=[20]),
+        SamplingParams(temperature=0.0),
+    ]
+    outputs = [[20], [20], [], [], [20]]
+    for random in (False, True):
+        tokens = run_batch(logits, params, outputs=outputs, random=random).token_ids
+        assert np.asarray(tokens).tolist() == [21, 21, 3, 21, 20], f"random={random}"
+
+
 def test_logit_bias_of_100_forces_and_minus_100_forbids() -> None:
     logits = random_logits(1, seed=8)[0]
     favourite = int(np.argmax(logits))
