@@ -25,6 +25,7 @@ from tpuserve.kernels import (
 )
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.layers.attention import AttentionSpec
+from tpuserve.model.layers.rope import RopeTables, Rotary
 from tpuserve.model.sharding import KV_CACHE_SPEC, MODEL_AXIS
 from tpuserve.model.transformer import Transformer
 
@@ -89,16 +90,19 @@ def paged_forward(
     metadata: AttentionMetadata,
     backend: str = "auto",
     mesh: Mesh | None = None,
+    rope_tables: RopeTables | None = None,
 ) -> tuple[jax.Array, list[jax.Array]]:
     """int32 `token_ids[T]`, `positions[T]` -> final-normed float32 hidden `[T, hidden]`, updated caches.
 
     Logits are left to the caller, which computes them only for the rows it samples from. MESH: the
-    model's tensor-parallel mesh (caches from `init_kv_caches` with the same mesh).
+    model's tensor-parallel mesh (caches from `init_kv_caches` with the same mesh). ROPE_TABLES: the
+    model's `rope_tables` covering every position, so RoPE gathers its cos/sin instead of computing them.
     """
     x = model.embed(token_ids)
+    rotary = Rotary(positions, rope_tables)
     new_caches = []
     for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
         core = _PagedCore(kv_cache, metadata, backend, mesh)
-        x = layer(x, positions, core)
+        x = layer(x, rotary, core)
         new_caches.append(core.kv_cache)
     return model.final_norm(x), new_caches

@@ -16,6 +16,7 @@ from tpuserve.model.layers.embed import Embed
 from tpuserve.model.layers.linear import Linear
 from tpuserve.model.layers.mlp import GatedMLP
 from tpuserve.model.layers.norm import RMSNorm
+from tpuserve.model.layers.rope import RopeTables, Rotary
 
 
 def default_dtype() -> jnp.dtype:
@@ -39,9 +40,10 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = hidden_norm(config, dtype) if config.sandwich_norms else None
         self.post_mlp_norm = hidden_norm(config, dtype) if config.sandwich_norms else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array, core: AttentionCore) -> jax.Array:
-        """`x` float32 `[..., T, hidden]`; `core` computes attention from this layer's q, k, v and spec."""
-        attn = self.attn(self.attn_norm(x), positions, core)
+    def __call__(self, x: jax.Array, rotary: Rotary, core: AttentionCore) -> jax.Array:
+        """`x` float32 `[..., T, hidden]` at `rotary`'s positions; `core` computes attention from this
+        layer's q, k, v and spec."""
+        attn = self.attn(self.attn_norm(x), rotary, core)
         x = x + (attn if self.post_attn_norm is None else self.post_attn_norm(attn))
         mlp = self.mlp(self.mlp_norm(x))
         return x + (mlp if self.post_mlp_norm is None else self.post_mlp_norm(mlp))
@@ -64,6 +66,11 @@ class Transformer(nnx.Module):
         """int token ids `[...]` -> float32 hidden `[..., hidden]`."""
         return self.embedder(token_ids)
 
+    def rope_tables(self, num_positions: int) -> RopeTables:
+        """cos/sin tables of every layer's RoPE for positions below `num_positions` (see `RopeTables`)."""
+        return RopeTables.build([(layer.attn.spec.rope, self.config.head_dim) for layer in self.layers],
+                                num_positions)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final-normed hidden `[..., hidden]` -> float32 logits `[..., vocab]`, soft-capped if configured."""
         logits = self.embedder.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
@@ -75,6 +82,7 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(token_ids.shape[-1], dtype=jnp.int32), token_ids.shape)
         x = self.embed(token_ids)
+        rotary = Rotary(positions)
         for layer in self.layers:
-            x = layer(x, positions, dense_attention)
+            x = layer(x, rotary, dense_attention)
         return self.logits(self.final_norm(x))

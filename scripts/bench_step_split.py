@@ -25,6 +25,7 @@ from flax import nnx
 
 from tpuserve.kernels import ragged_paged_attention
 from tpuserve.model import load_model
+from tpuserve.model.layers.rope import Rotary
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
 
 PAGE_SIZE = 16
@@ -62,19 +63,21 @@ def profile(weights: str, cache_dtype: str, batch: int, context: int, reps: int)
     q = jnp.asarray(rng.standard_normal((batch, config.num_heads, config.head_dim)), cache_dtype)
     kv = jnp.asarray(rng.standard_normal((batch, config.num_kv_heads, config.head_dim)), cache_dtype)
     state = {"caches": caches}
+    rope_tables = loaded.model.rope_tables(context)  # as the runner does
 
     @functools.partial(jax.jit, donate_argnums=1)
     def full(params, caches):
         model = nnx.merge(graphdef, params)
-        hidden, caches = paged_forward(model, tokens, positions, caches, metadata)
+        hidden, caches = paged_forward(model, tokens, positions, caches, metadata, rope_tables=rope_tables)
         return model.logits(hidden), caches
 
     @jax.jit
     def no_attention(params):
         model = nnx.merge(graphdef, params)
         x = model.embed(tokens)
+        rotary = Rotary(positions, rope_tables)
         for layer in model.layers:
-            x = layer(x, positions, lambda q, k, v, spec: q)
+            x = layer(x, rotary, lambda q, k, v, spec: q)
         return model.logits(model.final_norm(x))
 
     @functools.partial(jax.jit, donate_argnums=0)

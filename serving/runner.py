@@ -3,8 +3,9 @@
 Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
 - `forward`, per token bucket `T` (on a float32 copy of 16-bit weights when `T <= float32_max_tokens`,
   see `EngineConfig`): token ids, positions, attention metadata (always sized to
-  `max_num_seqs` rows), the donated KV caches and the `max_num_seqs` rows to sample from in; the
-  final-normed hidden `[T, hidden]`, those rows `[max_num_seqs, hidden]` and the caches out;
+  `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows to sample from and the model's RoPE
+  tables (fixed shapes) in; the final-normed hidden `[T, hidden]`, those rows `[max_num_seqs, hidden]` and
+  the caches out;
 - `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
 - `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows (weights chosen as
   for `forward`);
@@ -80,15 +81,17 @@ class ModelRunner:
             self.kv_caches = jax.device_put(self.kv_caches, placement)
         self.sampler_state = jax.device_put(
             SamplerState.create(config.max_num_seqs, model.config.vocab_size), placement)
+        # An argument, not a closure: a closed-over table would be baked into every program as a constant.
+        self.rope_tables = jax.device_put(model.rope_tables(config.max_model_len), placement)
         self._backend = backend
         self._forward = jax.jit(self._forward_impl, donate_argnums=1)
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
         self._logits = jax.jit(self._logits_impl, static_argnums=2)
 
-    def _forward_impl(self, params, kv_caches, token_ids, positions, metadata, sample_rows):
+    def _forward_impl(self, params, kv_caches, token_ids, positions, metadata, sample_rows, rope_tables):
         model = nnx.merge(self.graphdef, params)
         hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
-                                          self.mesh)
+                                          self.mesh, rope_tables)
         return hidden, hidden[sample_rows], kv_caches
 
     def _logits_impl(self, params, rows, num_rows):
@@ -114,7 +117,8 @@ class ModelRunner:
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
         params = self._params_for(len(inputs.token_ids))
         hidden, sample_hidden, self.kv_caches = self._forward(
-            params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows
+            params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows,
+            self.rope_tables,
         )
         return hidden, sample_hidden
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from tpuserve.model.layers.linear import PRECISION, Linear
 from tpuserve.model.layers.norm import RMSNorm
-from tpuserve.model.layers.rope import RopeSpec, apply_rope
+from tpuserve.model.layers.rope import RopeSpec, Rotary
 
 if TYPE_CHECKING:
     from tpuserve.model.config import ModelConfig
@@ -53,7 +53,7 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(config.head_dim, **norm) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, **norm) if config.qk_norm else None
 
-    def project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def project(self, x: jax.Array, rotary: Rotary) -> tuple[jax.Array, jax.Array, jax.Array]:
         """`x[..., T, hidden]` -> float32 q `[..., T, Hq, D]`, k and v `[..., T, Hkv, D]`, RoPE applied."""
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = jnp.split(self.qkv(x), [q_size, q_size + kv_size], axis=-1)
@@ -62,10 +62,10 @@ class Attention(nnx.Module):
         v = v.reshape(*v.shape[:-1], self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return apply_rope(q, positions, self.spec.rope), apply_rope(k, positions, self.spec.rope), v
+        return rotary(q, self.spec.rope), rotary(k, self.spec.rope), v
 
-    def __call__(self, x: jax.Array, positions: jax.Array, core: AttentionCore) -> jax.Array:
-        out = core(*self.project(x, positions), self.spec)
+    def __call__(self, x: jax.Array, rotary: Rotary, core: AttentionCore) -> jax.Array:
+        out = core(*self.project(x, rotary), self.spec)
         return self.o(out.reshape(*out.shape[:-2], -1))
 
 

@@ -1,6 +1,6 @@
 """Platform defaults for speed: token buckets from 1, float32 weights for few-row programs, a KV cache in the
-weights' dtype (bfloat16 held as bits) on CPU; and that the float32 copy of 16-bit weights really is what
-small buckets run on."""
+weights' dtype (bfloat16 held as bits) on CPU; that the float32 copy of 16-bit weights really is what
+small buckets run on; and that every forward gets the RoPE tables."""
 
 from __future__ import annotations
 
@@ -115,3 +115,20 @@ def test_float32_cache_when_asked(bf16: LoadedModel) -> None:
     assert engine.runner.float32_params is engine.runner.params
     outputs = run(engine, PROMPTS)
     assert [len(o.outputs[0].token_ids) for o in outputs] == [6, 6]
+
+
+def test_every_forward_gets_rope_tables_covering_max_model_len(bf16: LoadedModel) -> None:
+    """With them the forward gathers cos/sin (`test_forward_with_rope_tables_computes_no_cos_or_sin`)."""
+    engine = Engine(bf16, EngineConfig(**CONFIG))
+    tables = engine.runner.rope_tables
+    assert {t.shape for t in tables.tables} == {(2, CONFIG["max_model_len"], bf16.config.head_dim)}
+    received = []
+    program = engine.runner._forward
+
+    def spy(*args):
+        received.append(args[-1])
+        return program(*args)
+
+    engine.runner._forward = spy
+    run(engine, PROMPTS, max_tokens=2)
+    assert received and all(arg is tables for arg in received)
