@@ -31,6 +31,20 @@ def synced(fn: Callable, times: list[float]) -> Callable:
     return wrapper
 
 
+def decoding_llm(dtype: str, kv_cache_dtype: str, batch: int, prompt_len: int) -> LLM:
+    """An `LLM` whose engine holds `batch` random greedy prompts, all prefilled: every step from here decodes
+    `batch` rows (`max_tokens` is far away)."""
+    llm = LLM(None, dtype, max_num_seqs=max(8, batch), kv_cache_dtype=kv_cache_dtype, use_tqdm=False)
+    rng = np.random.default_rng(0)
+    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
+    for i in range(batch):
+        llm.engine.add_request(str(i), rng.integers(100, 40000, prompt_len).tolist(), params)
+    decoding: set[str] = set()
+    while len(decoding) < batch:  # every prompt prefilled: each request has sampled a token
+        decoding.update(output.request_id for output in llm.engine.step())
+    return llm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16")
@@ -38,16 +52,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     args = parser.parse_args()
-    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), kv_cache_dtype=args.kv_cache_dtype,
-              use_tqdm=False)
+    llm = decoding_llm(args.dtype, args.kv_cache_dtype, args.batch, args.prompt_len)
     engine, runner = llm.engine, llm.engine.runner
-    rng = np.random.default_rng(0)
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
-    for i in range(args.batch):
-        engine.add_request(str(i), rng.integers(100, 40000, args.prompt_len).tolist(), params)
-    decoding: set[str] = set()
-    while len(decoding) < args.batch:  # every prompt prefilled: each request has sampled a token
-        decoding.update(output.request_id for output in engine.step())
     steps = []
     for _ in range(10):
         start = time.perf_counter()

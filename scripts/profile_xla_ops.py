@@ -3,7 +3,7 @@
 Usage: .venv/bin/python scripts/profile_xla_ops.py [--dtype bfloat16] [--batch 64] [--prompt-len 128]
        [--steps 5] [--top 25]
 
-Fills the engine like `profile_decode_step.py`, traces `--steps` decode steps with `jax.profiler`, and sums
+Fills the engine as `profile_decode_step.py` does, traces `--steps` decode steps with `jax.profiler`, and sums
 each XLA operation's event time per step, grouped by program and, within the forward, by the JAX source op
 and result shape it came from (HLO metadata of the compiled forward), so the 30 layers' copies of an op add
 up in one row and the attention's `q @ K` dots read as such. Times are thread time: operations on the two
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from profile_decode_step import decoding_llm
 
 from tpuserve.model.paged import AttentionMetadata
 from tpuserve.serving.llm import LLM
-from tpuserve.serving.sampling_params import SamplingParams
 
 FORWARD = "jit__forward_impl"  # the runner's forward program; the LM head and sampler are separate ones
 HLO_OP = re.compile(r"%([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"")
@@ -65,15 +65,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    llm = LLM(None, args.dtype, max_num_seqs=max(8, args.batch), use_tqdm=False)
+    llm = decoding_llm(args.dtype, "auto", args.batch, args.prompt_len)
     engine = llm.engine
-    rng = np.random.default_rng(0)
-    params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
-    for i in range(args.batch):
-        engine.add_request(str(i), rng.integers(100, 40000, args.prompt_len).tolist(), params)
-    decoding: set[str] = set()
-    while len(decoding) < args.batch:
-        decoding.update(output.request_id for output in engine.step())
     engine.step()
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
