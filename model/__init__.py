@@ -2,6 +2,7 @@
 
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.errors import ModelLoadError
+from tpuserve.model.layers.linear import with_out_major_kernels
 from tpuserve.model.loading import LoadedModel, load_model
 from tpuserve.model.resolve import Checkpoint, CheckpointKind, resolve_checkpoint
 from tpuserve.model.transformer import Transformer
@@ -15,4 +16,5 @@ __all__ = [
     "Transformer",
     "load_model",
     "resolve_checkpoint",
+    "with_out_major_kernels",
 ]

@@ -19,7 +19,7 @@ class EngineConfig:
 
     `num_pages` counts the reserved null page 0, so `num_pages - 1` pages hold real tokens.
 
-    Three fields default to `"auto"`/None: the two platform-dependent ones are resolved here, the cache
+    Four fields default to `"auto"`/None: the three platform-dependent ones are resolved here, the cache
     dtype (which depends on the weights) by `resolve_kv_cache_dtype`:
     - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel keeps 16-bit floats as integer bits,
       `tpuserve.kernels.kv_cache_storage_dtype`: a bfloat16 cache is half the bytes of a float32 one and
@@ -27,10 +27,12 @@ class EngineConfig:
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
       16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets
       start at the smaller of it and 8;
-    - `float32_max_tokens`: forwards of at most this many rows (and LM heads of at most this many sampled
-      rows) use a float32 copy of 16-bit weights: 16 on CPU, whose bfloat16 dots are fast only with many
-      rows (8x slower than float32 at one row, 1.9x faster at 64), 0 (never) on accelerators. The copy
-      costs the weights' size again in float32.
+    - `one_row_out_major`: one-row programs (a lone decode token, the LM head of one sampled row) of 16-bit
+      weights run on a copy whose projection kernels are stored [out, in]
+      (`tpuserve.model.with_out_major_kernels`): on CPU (the default there), where XLA computes a one-row
+      bfloat16 `x @ W` ~15x slower than with W stored [out, in], and every other row count is fastest in
+      [in, out]. The copy costs the projections' size again; float32 weights gained nothing measurable
+      from it and never get it.
     """
 
     max_model_len: int
@@ -43,7 +45,7 @@ class EngineConfig:
     max_logprobs: int = 20
     kv_cache_dtype: str = "auto"
     min_token_bucket: int | None = None
-    float32_max_tokens: int | None = None
+    one_row_out_major: bool | None = None
     token_buckets: tuple[int, ...] = dataclasses.field(init=False)
     seq_buckets: tuple[int, ...] = dataclasses.field(init=False)
     pages_per_seq: int = dataclasses.field(init=False)
@@ -68,8 +70,8 @@ class EngineConfig:
         on_cpu = _on_cpu()
         if self.min_token_bucket is None:
             object.__setattr__(self, "min_token_bucket", 1 if on_cpu else 16)
-        if self.float32_max_tokens is None:
-            object.__setattr__(self, "float32_max_tokens", 16 if on_cpu else 0)
+        if self.one_row_out_major is None:
+            object.__setattr__(self, "one_row_out_major", on_cpu)
         if self.min_token_bucket < 1:
             raise ValueError(f"min_token_bucket must be positive, got {self.min_token_bucket}")
         object.__setattr__(

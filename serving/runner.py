@@ -1,11 +1,11 @@
 """Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
 
 Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
-- `forward`, per token bucket `T` (on a float32 copy of 16-bit weights when `T <= float32_max_tokens`,
-  see `EngineConfig`): token ids, positions, attention metadata (always sized to
-  `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows to sample from and the model's RoPE
-  tables (fixed shapes) in; the final-normed hidden `[T, hidden]`, those rows `[max_num_seqs, hidden]` and
-  the caches out;
+- `forward`, per token bucket `T` (for `T = 1` on a copy of 16-bit weights whose projection kernels are
+  stored [out, in], see `EngineConfig.one_row_out_major`): token ids, positions, attention metadata
+  (always sized to `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows to sample from and
+  the model's RoPE tables (fixed shapes) in; the final-normed hidden `[T, hidden]`, those rows
+  `[max_num_seqs, hidden]` and the caches out;
 - `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
 - `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows (weights chosen as
   for `forward`);
@@ -24,13 +24,12 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tpuserve.model import Transformer
+from tpuserve.model import Transformer, with_out_major_kernels
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
 from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
@@ -40,6 +39,23 @@ from tpuserve.serving.sampler import SamplerOutput, sample
 from tpuserve.serving.sampler_state import SamplerState, admit
 from tpuserve.serving.sampling_metadata import SamplingMetadata
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """A model as the jitted programs take it: its static graph and its arrays as a plain dict.
+
+    A plain dict because jit flattens it in C++, an `nnx.State` through ~300 Python callbacks (1.6 ms of host
+    time per forward dispatch, 0.6 ms per LM head, which one stream's step waits on).
+    """
+
+    graphdef: nnx.GraphDef
+    params: dict
+
+    @classmethod
+    def of(cls, model: nnx.Module) -> Weights:
+        graphdef, state = nnx.split(model)
+        return cls(graphdef, nnx.to_pure_dict(state))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +78,13 @@ class ModelRunner:
         self.model_config = model.config
         # A plain dict of arrays: jit flattens it in C++, an `nnx.State` through ~300 Python callbacks
         # (1.6 ms of host time per forward dispatch, 0.6 ms per LM head, which one stream's step waits on).
-        self.graphdef, state = nnx.split(model)
-        self.params = nnx.to_pure_dict(state)
-        # Few-row programs run on a float32 copy of 16-bit weights where the platform's 16-bit dots need
-        # many rows to be fast (`EngineConfig.float32_max_tokens`).
-        dtype = jax.tree.leaves(self.params)[0].dtype
-        self.float32_params = self.params
-        if config.float32_max_tokens and dtype.itemsize < 4:
-            self.float32_params = jax.tree.map(lambda p: p.astype(jnp.float32), self.params)
+        self.weights = Weights.of(model)
+        # One-row programs (a lone decode token, one sampled row's LM head) run on a copy of the projection
+        # kernels stored [out, in] where that layout is the fast one (`EngineConfig.one_row_out_major`).
+        dtype = jax.tree.leaves(self.weights.params)[0].dtype
+        self.one_row_weights = self.weights
+        if config.one_row_out_major and dtype.itemsize < 4:
+            self.one_row_weights = Weights.of(with_out_major_kernels(model))
         # Committed to the device(s) like every later (jit-produced) value, so warm-up shapes hit the same
         # compiled programs as serving does.
         self.mesh = model_mesh(model)
@@ -84,22 +99,24 @@ class ModelRunner:
         # An argument, not a closure: a closed-over table would be baked into every program as a constant.
         self.rope_tables = jax.device_put(model.rope_tables(config.max_model_len), placement)
         self._backend = backend
-        self._forward = jax.jit(self._forward_impl, donate_argnums=1)
+        self._forward = jax.jit(self._forward_impl, static_argnums=0, donate_argnums=2)
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
-        self._logits = jax.jit(self._logits_impl, static_argnums=2)
+        self._logits = jax.jit(self._logits_impl, static_argnums=(0, 3))
 
-    def _forward_impl(self, params, kv_caches, token_ids, positions, metadata, sample_rows, rope_tables):
-        model = nnx.merge(self.graphdef, params)
+    def _forward_impl(self, graphdef, params, kv_caches, token_ids, positions, metadata, sample_rows,
+                      rope_tables):
+        model = nnx.merge(graphdef, params)
         hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
                                           self.mesh, rope_tables)
         return hidden, hidden[sample_rows], kv_caches
 
-    def _logits_impl(self, params, rows, num_rows):
+    def _logits_impl(self, graphdef, params, rows, num_rows):
         # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
-        return nnx.merge(self.graphdef, params).logits(rows[:num_rows])[:, : self.model_config.vocab_size]
+        return nnx.merge(graphdef, params).logits(rows[:num_rows])[:, : self.model_config.vocab_size]
 
-    def _params_for(self, num_rows: int) -> dict:
-        return self.float32_params if num_rows <= self.config.float32_max_tokens else self.params
+    def weights_for(self, num_rows: int) -> Weights:
+        """The weights the programs for NUM_ROWS rows run on."""
+        return self.one_row_weights if num_rows == 1 else self.weights
 
     def admit(
         self,
@@ -115,17 +132,18 @@ class ModelRunner:
     def forward(self, inputs: StepInputs, sample_rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `sample_rows`."""
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
-        params = self._params_for(len(inputs.token_ids))
+        weights = self.weights_for(len(inputs.token_ids))
         hidden, sample_hidden, self.kv_caches = self._forward(
-            params, self.kv_caches, inputs.token_ids, inputs.positions, metadata, sample_rows,
-            self.rope_tables,
+            weights.graphdef, weights.params, self.kv_caches, inputs.token_ids, inputs.positions, metadata,
+            sample_rows, self.rope_tables,
         )
         return hidden, sample_hidden
 
     def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
         """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
         num_rows = len(meta.slot_ids)
-        logits = self._logits(self._params_for(num_rows), sample_hidden, num_rows)
+        weights = self.weights_for(num_rows)
+        logits = self._logits(weights.graphdef, weights.params, sample_hidden, num_rows)
         random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
         output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
         return output
@@ -141,7 +159,8 @@ class ModelRunner:
             chunk_rows[:n] = rows[start : start + n]
             chunk_targets = np.zeros(bucket, np.int32)
             chunk_targets[:n] = targets[start : start + n]
-            logits = self._logits(self._params_for(bucket), self._gather(hidden, chunk_rows), bucket)
+            weights = self.weights_for(bucket)
+            logits = self._logits(weights.graphdef, weights.params, self._gather(hidden, chunk_rows), bucket)
             result = prompt_logprobs(logits, chunk_targets)
             parts.append([np.asarray(field)[:n] for field in result])
         return TokenLogprobs(*(np.concatenate(field) for field in zip(*parts, strict=True)))

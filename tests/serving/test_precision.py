@@ -1,10 +1,8 @@
-"""Platform defaults for speed: token buckets from 1, float32 weights for few-row programs, a KV cache in the
-weights' dtype (bfloat16 held as bits) on CPU; that the float32 copy of 16-bit weights really is what
-small buckets run on; and that every forward gets the RoPE tables."""
+"""Platform defaults for speed on CPU: token buckets from 1, one-row programs on out-major kernels, a KV cache
+in the weights' dtype (bfloat16 held as bits); that one-row programs really run on the out-major copy and
+generate what the original weights generate; and that every forward gets the RoPE tables."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +30,10 @@ def test_cpu_defaults_and_overrides() -> None:
     config = EngineConfig(**CONFIG)
     assert config.token_buckets == (1, 2, 4, 8, 16, 32)
     assert config.seq_buckets == (1, 2, 4)
-    assert config.float32_max_tokens == 16
+    assert config.one_row_out_major is True
     wide = EngineConfig(**(CONFIG | {"max_num_seqs": 16}), min_token_bucket=16)
     assert (wide.token_buckets, wide.seq_buckets) == ((16, 32), (8, 16))
-    assert EngineConfig(**CONFIG, float32_max_tokens=0).float32_max_tokens == 0
+    assert EngineConfig(**CONFIG, one_row_out_major=False).one_row_out_major is False
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         EngineConfig(**CONFIG, kv_cache_dtype="int3")
     with pytest.raises(ValueError, match="min_token_bucket"):
@@ -46,27 +44,27 @@ def test_cpu_defaults_and_overrides() -> None:
     assert resolve_kv_cache_dtype("bfloat16", jnp.float32) == jnp.bfloat16
 
 
-def forward_dtypes(engine: Engine) -> dict[int, jnp.dtype]:
-    """Token bucket -> dtype of the weights its forward ran on, recorded from here on."""
-    seen: dict[int, jnp.dtype] = {}
+def forward_weights(engine: Engine) -> dict[int, dict]:
+    """Token bucket -> the params its forward ran on, recorded from here on."""
+    seen: dict[int, dict] = {}
     program = engine.runner._forward
 
-    def spy(params, kv_caches, token_ids, *rest):
-        seen[token_ids.shape[0]] = jax.tree.leaves(params)[0].dtype
-        return program(params, kv_caches, token_ids, *rest)
+    def spy(graphdef, params, kv_caches, token_ids, *rest):
+        seen[token_ids.shape[0]] = params
+        return program(graphdef, params, kv_caches, token_ids, *rest)
 
     engine.runner._forward = spy
     return seen
 
 
-def logits_calls(engine: Engine) -> list[tuple[int, jnp.dtype]]:
-    """(rows, weights dtype) of every LM head the runner computes from here on."""
+def logits_calls(engine: Engine) -> list[tuple[int, dict]]:
+    """(rows, params) of every LM head the runner computes from here on."""
     calls = []
     program = engine.runner._logits
 
-    def spy(params, rows, num_rows):
-        calls.append((num_rows, jax.tree.leaves(params)[0].dtype))
-        return program(params, rows, num_rows)
+    def spy(graphdef, params, rows, num_rows):
+        calls.append((num_rows, params))
+        return program(graphdef, params, rows, num_rows)
 
     engine.runner._logits = spy
     return calls
@@ -83,36 +81,51 @@ def run(engine: Engine, prompts: list[list[int]], max_tokens: int = 6) -> list:
     return [outputs[str(i)] for i in range(len(prompts))]
 
 
-def test_small_buckets_run_on_float32_copies_and_large_ones_on_bfloat16(bf16: LoadedModel) -> None:
+def test_one_row_programs_run_on_out_major_kernels_and_the_others_on_the_original(bf16: LoadedModel) -> None:
     engine = Engine(bf16, EngineConfig(**CONFIG))
     runner = engine.runner
-    assert {leaf.dtype for leaf in jax.tree.leaves(runner.params)} == {jnp.dtype(jnp.bfloat16)}
-    assert {leaf.dtype for leaf in jax.tree.leaves(runner.float32_params)} == {jnp.dtype(jnp.float32)}
+    original, one_row = runner.weights.params, runner.one_row_weights.params
+    assert {leaf.dtype for leaf in jax.tree.leaves([original, one_row])} == {jnp.dtype(jnp.bfloat16)}
+    qkv = original["layers"][0]["attn"]["qkv"]["kernel"]
+    assert one_row["layers"][0]["attn"]["qkv"]["kernel"].shape == qkv.shape[::-1]
+    assert one_row["embedder"]["embedding"] is original["embedder"]["embedding"]  # shared, not copied
     assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint16)}  # bfloat16 bits
-    seen = forward_dtypes(engine)
+    seen = forward_weights(engine)
     heads = logits_calls(engine)
-    run(engine, PROMPTS)
-    assert seen[32] == jnp.bfloat16  # the 21 + 4 prompt tokens of the first step
-    assert {seen[t] for t in seen if t <= 16} == {jnp.dtype(jnp.float32)}
-    assert min(seen) <= 2  # decode ran in a 1- or 2-row bucket, not padded to 16
-    # The LM head and sampler run on the sequence bucket of the rows sampled, not on max_num_seqs rows.
-    assert {rows for rows, _ in heads} == {2}
-    assert {dtype for _, dtype in heads} == {jnp.dtype(jnp.float32)}
+    run(engine, PROMPTS)  # two streams: 2-row decode steps
+    run(engine, PROMPTS[:1])  # one stream: 1-row decode steps
+    assert seen[1] is one_row and 2 in seen and 32 in seen  # 32: the 21 + 4 prompt tokens of the first step
+    assert all(params is original for rows, params in seen.items() if rows > 1)
+    assert {rows for rows, _ in heads} == {1, 2}  # the LM head runs on the rows sampled, not max_num_seqs
+    assert all((params is one_row) == (rows == 1) for rows, params in heads)
 
 
-def test_float32_copy_generates_what_the_upcast_model_generates(bf16: LoadedModel) -> None:
-    """With every bucket on the copy, greedy decoding equals the dense forward of the upcast weights."""
-    engine = Engine(bf16, EngineConfig(**CONFIG, float32_max_tokens=32))
-    upcast = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x, bf16.model)
-    oracle = dataclasses.replace(bf16, model=upcast)
-    for output in run(engine, PROMPTS, max_tokens=8):
-        assert_dense_greedy(oracle, output)
+def test_out_major_one_row_programs_generate_what_the_original_weights_generate(bf16: LoadedModel) -> None:
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3)
+    results = []
+    for out_major in (True, False):
+        engine = Engine(bf16, EngineConfig(**CONFIG, one_row_out_major=out_major))
+        results.append([])
+        for i, prompt in enumerate(PROMPTS):  # one at a time: every decode step has one row
+            engine.add_request(str(i), prompt, params)
+            while engine.has_unfinished:
+                results[-1].extend(output for output in engine.step() if output.finished)
+    for got_output, expected_output in zip(*results, strict=True):
+        assert_dense_greedy(bf16, got_output)
+        got, expected = got_output.outputs[0], expected_output.outputs[0]
+        assert got.token_ids == expected.token_ids
+        for got_step, expected_step in zip(got.logprobs, expected.logprobs, strict=True):
+            assert got_step.keys() == expected_step.keys()
+            for token, logprob in got_step.items():
+                assert logprob.logprob == pytest.approx(expected_step[token].logprob, abs=2e-3)
 
 
-def test_float32_cache_when_asked(bf16: LoadedModel) -> None:
-    engine = Engine(bf16, EngineConfig(**CONFIG, kv_cache_dtype="float32", float32_max_tokens=0))
+def test_float32_weights_get_no_copy_and_a_float32_cache_when_asked(bf16: LoadedModel, tmp_path) -> None:
+    f32 = load_model(write_tiny_checkpoint(tmp_path, seed=5), "float32")
+    runner = Engine(f32, EngineConfig(**CONFIG)).runner
+    assert runner.one_row_weights is runner.weights
+    engine = Engine(bf16, EngineConfig(**CONFIG, kv_cache_dtype="float32"))
     assert {cache.dtype for cache in engine.runner.kv_caches} == {jnp.dtype(jnp.float32)}
-    assert engine.runner.float32_params is engine.runner.params
     outputs = run(engine, PROMPTS)
     assert [len(o.outputs[0].token_ids) for o in outputs] == [6, 6]
 
