@@ -38,9 +38,11 @@ def hlo_ops(llm: LLM, num_tokens: int) -> dict[str, tuple[str, str]]:
     inputs = runner.empty_inputs(num_tokens)
     metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
     rows = np.zeros(runner.config.max_num_seqs, np.int32)
-    weights = runner.weights_for(num_tokens)
-    text = runner._forward.lower(weights.graphdef, weights.params, runner.kv_caches, inputs.token_ids,
-                                 inputs.positions, metadata, rows, runner.rope_tables).compile().as_text()
+    one_row = num_tokens == 1
+    params = runner.weights_for(one_row).params
+    lowered = runner._forward.lower(one_row, params, runner.kv_caches, inputs.token_ids, inputs.positions,
+                                    metadata, rows, runner.rope_tables)
+    text = lowered.compile().as_text()
     return {m[1]: (m[2], m[3].removeprefix("jit(_forward_impl)/")) for m in HLO_OP.finditer(text)}
 
 

@@ -103,20 +103,22 @@ class ModelRunner:
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
         self._logits = jax.jit(self._logits_impl, static_argnums=(0, 3))
 
-    def _forward_impl(self, graphdef, params, kv_caches, token_ids, positions, metadata, sample_rows,
+    # `one_row` (static) picks the graph: a bool hashes for free, an nnx graph took ~1 ms per call.
+    def _forward_impl(self, one_row, params, kv_caches, token_ids, positions, metadata, sample_rows,
                       rope_tables):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(self.weights_for(one_row).graphdef, params)
         hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
                                           self.mesh, rope_tables)
         return hidden, hidden[sample_rows], kv_caches
 
-    def _logits_impl(self, graphdef, params, rows, num_rows):
+    def _logits_impl(self, one_row, params, rows, num_rows):
         # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
-        return nnx.merge(graphdef, params).logits(rows[:num_rows])[:, : self.model_config.vocab_size]
+        model = nnx.merge(self.weights_for(one_row).graphdef, params)
+        return model.logits(rows[:num_rows])[:, : self.model_config.vocab_size]
 
-    def weights_for(self, num_rows: int) -> Weights:
-        """The weights the programs for NUM_ROWS rows run on."""
-        return self.one_row_weights if num_rows == 1 else self.weights
+    def weights_for(self, one_row: bool) -> Weights:
+        """The weights of the programs for one row (ONE_ROW) or for any other row count."""
+        return self.one_row_weights if one_row else self.weights
 
     def admit(
         self,
@@ -132,18 +134,18 @@ class ModelRunner:
     def forward(self, inputs: StepInputs, sample_rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `sample_rows`."""
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
-        weights = self.weights_for(len(inputs.token_ids))
+        one_row = len(inputs.token_ids) == 1
         hidden, sample_hidden, self.kv_caches = self._forward(
-            weights.graphdef, weights.params, self.kv_caches, inputs.token_ids, inputs.positions, metadata,
-            sample_rows, self.rope_tables,
+            one_row, self.weights_for(one_row).params, self.kv_caches, inputs.token_ids, inputs.positions,
+            metadata, sample_rows, self.rope_tables,
         )
         return hidden, sample_hidden
 
     def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
         """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
         num_rows = len(meta.slot_ids)
-        weights = self.weights_for(num_rows)
-        logits = self._logits(weights.graphdef, weights.params, sample_hidden, num_rows)
+        one_row = num_rows == 1
+        logits = self._logits(one_row, self.weights_for(one_row).params, sample_hidden, num_rows)
         random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
         output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
         return output
@@ -159,8 +161,9 @@ class ModelRunner:
             chunk_rows[:n] = rows[start : start + n]
             chunk_targets = np.zeros(bucket, np.int32)
             chunk_targets[:n] = targets[start : start + n]
-            weights = self.weights_for(bucket)
-            logits = self._logits(weights.graphdef, weights.params, self._gather(hidden, chunk_rows), bucket)
+            one_row = bucket == 1
+            logits = self._logits(one_row, self.weights_for(one_row).params, self._gather(hidden, chunk_rows),
+                                  bucket)
             result = prompt_logprobs(logits, chunk_targets)
             parts.append([np.asarray(field)[:n] for field in result])
         return TokenLogprobs(*(np.concatenate(field) for field in zip(*parts, strict=True)))

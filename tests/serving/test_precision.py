@@ -49,9 +49,9 @@ def forward_weights(engine: Engine) -> dict[int, dict]:
     seen: dict[int, dict] = {}
     program = engine.runner._forward
 
-    def spy(graphdef, params, kv_caches, token_ids, *rest):
+    def spy(one_row, params, kv_caches, token_ids, *rest):
         seen[token_ids.shape[0]] = params
-        return program(graphdef, params, kv_caches, token_ids, *rest)
+        return program(one_row, params, kv_caches, token_ids, *rest)
 
     engine.runner._forward = spy
     return seen
@@ -62,9 +62,9 @@ def logits_calls(engine: Engine) -> list[tuple[int, dict]]:
     calls = []
     program = engine.runner._logits
 
-    def spy(graphdef, params, rows, num_rows):
+    def spy(one_row, params, rows, num_rows):
         calls.append((num_rows, params))
-        return program(graphdef, params, rows, num_rows)
+        return program(one_row, params, rows, num_rows)
 
     engine.runner._logits = spy
     return calls
