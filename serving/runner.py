@@ -76,8 +76,6 @@ class ModelRunner:
     def __init__(self, model: Transformer, config: EngineConfig, backend: str = "auto") -> None:
         self.config = config
         self.model_config = model.config
-        # A plain dict of arrays: jit flattens it in C++, an `nnx.State` through ~300 Python callbacks
-        # (1.6 ms of host time per forward dispatch, 0.6 ms per LM head, which one stream's step waits on).
         self.weights = Weights.of(model)
         # One-row programs (a lone decode token, one sampled row's LM head) run on a copy of the projection
         # kernels stored [out, in] where that layout is the fast one (`EngineConfig.one_row_out_major`).
