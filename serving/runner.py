@@ -118,6 +118,11 @@ class ModelRunner:
         """The weights of the programs for one row (ONE_ROW) or for any other row count."""
         return self.one_row_weights if one_row else self.weights
 
+    def _lm_head(self, rows: jax.Array, num_rows: int) -> jax.Array:
+        """float32 logits of the first NUM_ROWS (a sequence bucket) of the `max_num_seqs` ROWS."""
+        one_row = num_rows == 1
+        return self._logits(one_row, self.weights_for(one_row).params, rows, num_rows)
+
     def admit(
         self,
         slot: int,
@@ -142,8 +147,7 @@ class ModelRunner:
     def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
         """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
         num_rows = len(meta.slot_ids)
-        one_row = num_rows == 1
-        logits = self._logits(one_row, self.weights_for(one_row).params, sample_hidden, num_rows)
+        logits = self._lm_head(sample_hidden, num_rows)
         random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
         output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
         return output
@@ -159,9 +163,7 @@ class ModelRunner:
             chunk_rows[:n] = rows[start : start + n]
             chunk_targets = np.zeros(bucket, np.int32)
             chunk_targets[:n] = targets[start : start + n]
-            one_row = bucket == 1
-            logits = self._logits(one_row, self.weights_for(one_row).params, self._gather(hidden, chunk_rows),
-                                  bucket)
+            logits = self._lm_head(self._gather(hidden, chunk_rows), bucket)
             result = prompt_logprobs(logits, chunk_targets)
             parts.append([np.asarray(field)[:n] for field in result])
         return TokenLogprobs(*(np.concatenate(field) for field in zip(*parts, strict=True)))

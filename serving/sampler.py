@@ -68,7 +68,7 @@ def sample(
             jnp.all(greedy), lambda: tokens, lambda: _sample_random(processed, greedy, meta)
         )
         tokens = jnp.where(greedy, tokens, random_tokens)
-    else:  # one `cond` that yields tokens: a skipped stage would copy the [B, vocab] logits (see above)
+    else:
         tokens = jax.lax.cond(
             changes_argmax(meta),
             lambda: first_argmax(apply_bias_and_penalties(raw, state, meta)),
