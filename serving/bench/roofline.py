@@ -66,10 +66,15 @@ def roofline(model: str | None, dtype: str | None, matmul_size: int, bandwidth_m
 
 
 def matmul_flops(n: int, dtype: jnp.dtype) -> float:
-    """FLOP/s of a jitted N x N x N matmul in DTYPE (2 N^3 FLOP), best of a few runs."""
+    """FLOP/s of a jitted N x N x N matmul of DTYPE operands (2 N^3 FLOP), best of a few runs.
+
+    It accumulates and returns float32, as the model's projections do: XLA:CPU's bfloat16 matmul with a
+    bfloat16 result ran at half the rate (2-core Zen 4, N=2048: 172 vs 377 GFLOP/s), under the peak in use.
+    """
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.random.normal(key, (n, n), dtype) for key in keys)
-    return 2 * n**3 / _best_seconds(jax.jit(jnp.matmul), a, b)
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    return 2 * n**3 / _best_seconds(matmul, a, b)
 
 
 def memory_bandwidth(num_bytes: int) -> float:
