@@ -3,17 +3,21 @@
 from tpuserve.kernels.ragged_paged_attention import (
     KernelInputError,
     kv_cache_shape,
-    kv_cache_storage_dtype,
+    kv_cache_spec,
     kv_cache_value_dtype,
+    pack_kv,
     ragged_paged_attention,
     resolve_backend,
+    unpack_kv,
 )
 
 __all__ = [
     "KernelInputError",
     "kv_cache_shape",
-    "kv_cache_storage_dtype",
+    "kv_cache_spec",
     "kv_cache_value_dtype",
+    "pack_kv",
     "ragged_paged_attention",
     "resolve_backend",
+    "unpack_kv",
 ]

@@ -18,8 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tpuserve.kernels import (
-    kv_cache_shape,
-    kv_cache_storage_dtype,
+    kv_cache_spec,
     kv_cache_value_dtype,
     ragged_paged_attention,
 )
@@ -44,10 +43,10 @@ def init_kv_caches(
     mesh: Mesh | None = None,
 ) -> list[jax.Array]:
     """One zeroed cache array per layer holding `dtype` values, laid out and typed as the kernel backend
-    wants it (`kv_cache_storage_dtype`); with a MESH, created directly in its head-sharded layout (each
+    wants it (`kv_cache_spec`); with a MESH, created directly in its head-sharded layout (each
     device allocates only its own heads)."""
-    shape = kv_cache_shape(num_pages, page_size, config.num_kv_heads, config.head_dim, backend=backend)
-    dtype = kv_cache_storage_dtype(dtype, backend)
+    spec = kv_cache_spec(num_pages, page_size, config.num_kv_heads, config.head_dim, dtype, backend=backend)
+    shape, dtype = spec.shape, spec.dtype
     if mesh is None:
         return [jnp.zeros(shape, dtype) for _ in range(config.num_layers)]
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=NamedSharding(mesh, KV_CACHE_SPEC))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tpuserve.kernels import ragged_paged_attention
+from tpuserve.kernels import pack_kv, ragged_paged_attention, unpack_kv
 from tpuserve.model import load_model
 from tpuserve.model.layers.rope import Rotary
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
@@ -50,8 +50,9 @@ def profile(weights: str, cache_dtype: str, batch: int, context: int, reps: int)
     config = loaded.config
     pages_per_seq = -(-context // PAGE_SIZE)
     rng = np.random.default_rng(0)
-    caches = [  # random values, held as the kernel stores them (bfloat16 as bits on CPU)
-        jax.lax.bitcast_convert_type(jnp.asarray(rng.standard_normal(c.shape) * 0.1, cache_dtype), c.dtype)
+    caches = [  # random values, held as the kernel stores them (bfloat16 packed in words on CPU)
+        pack_kv(jnp.asarray(rng.standard_normal(jax.eval_shape(unpack_kv, c).shape) * 0.1, cache_dtype),
+                c.dtype)
         for c in init_kv_caches(config, 1 + batch * pages_per_seq, PAGE_SIZE, jnp.dtype(cache_dtype))
     ]
     metadata = AttentionMetadata(

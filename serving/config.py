@@ -21,9 +21,9 @@ class EngineConfig:
 
     Four fields default to `"auto"`/None: the three platform-dependent ones are resolved here, the cache
     dtype (which depends on the weights) by `resolve_kv_cache_dtype`:
-    - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel keeps 16-bit floats as integer bits,
-      `tpuserve.kernels.kv_cache_storage_dtype`: a bfloat16 cache is half the bytes of a float32 one and
-      gave 12-15% faster 64-row decode steps);
+    - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel packs 16-bit floats into integer
+      words, `tpuserve.kernels.kv_cache_spec`: a bfloat16 cache is half the bytes of a float32 one and gave
+      12-15% faster 64-row decode steps);
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
       16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets
       start at the smaller of it and 8;

@@ -9,7 +9,11 @@ import importlib
 import jax
 import jax.numpy as jnp
 
-from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError, resolve_backend
+from tpuserve.kernels.ragged_paged_attention.layout import (
+    KernelInputError,
+    resolve_backend,
+    values_per_element,
+)
 
 
 def ragged_paged_attention(
@@ -33,8 +37,9 @@ def ragged_paged_attention(
     Args (T = padded token count, S = padded sequence count, P = pages per sequence):
       q: `[T, Hq, D]` queries, flattened ragged; sequence s owns rows `cu_q_lens[s]:cu_q_lens[s+1]`.
       k, v: `[T, Hkv, D]` the step's new keys/values (same rows as q), `Hq % Hkv == 0` (GQA).
-      kv_cache: `[num_pages, page_size, 2 * Hkv, D_padded]` from `kv_cache_shape`, typed by
-        `kv_cache_storage_dtype` (the reference backend holds 16-bit floats as integer bits); donated.
+      kv_cache: `[num_pages, page_size, 2 * Hkv, D_padded]` from `kv_cache_shape`, stored as `kv_cache_spec`
+        says (the reference backend packs 16-bit floats into 32-bit words; it also takes them as floats);
+        donated.
       kv_lens: `i32[S]` sequence length after this step (cached + new); 0 marks a padded sequence.
       page_indices: `i32[S, P]`; position p of sequence s lives in page `page_indices[s, p // page_size]`,
         slot `p % page_size`. Page 0 is the null page and never holds real tokens.
@@ -71,7 +76,9 @@ def _check_contract(
         raise KernelInputError(f"k, v must be [T={num_tokens}, Hkv, D={head_dim}], got k{k.shape} v{v.shape}")
     if num_heads % num_kv_heads:
         raise KernelInputError(f"query heads {num_heads} must be a multiple of kv heads {num_kv_heads}")
-    if kv_cache.ndim != 4 or kv_cache.shape[2] != 2 * num_kv_heads or kv_cache.shape[3] < head_dim:
+    if kv_cache.ndim != 4 or kv_cache.shape[2] != 2 * num_kv_heads or (
+        kv_cache.shape[3] * values_per_element(kv_cache.dtype) < head_dim
+    ):
         raise KernelInputError(
             f"kv_cache must be [pages, page_size, {2 * num_kv_heads}, >={head_dim}], got {kv_cache.shape}"
         )

@@ -32,29 +32,70 @@ def padded_head_dim(head_dim: int, backend: str) -> int:
     return head_dim
 
 
-# Integer twins of the 16-bit float dtypes; distinct, so a cache array's dtype says which floats it holds.
-_BITS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16), jnp.dtype(jnp.float16): jnp.dtype(jnp.int16)}
-_FLOATS = {bits: value for value, bits in _BITS.items()}
+# How the reference backend stores 16-bit floats: as integers, two values per 32-bit word (one per 16-bit
+# integer when the padded head dim is odd). Integers, because XLA:CPU runs every in-place update of a
+# 16-bit float buffer by converting the WHOLE buffer to float32 and back (45 ms for one 64-row scatter into
+# a 71 MB layer cache; 0.01 ms on integers). Words, because its gather copies element by element: the page
+# gathers of a 64-row decode step took 17.8 instead of 27.0 ms (thread time) on 32-bit words. The integer
+# types are distinct per float type, so a cache array's dtype says which floats it holds.
+_WORDS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint32), jnp.dtype(jnp.float16): jnp.dtype(jnp.int32)}
+_HALVES = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16), jnp.dtype(jnp.float16): jnp.dtype(jnp.int16)}
+_FLOATS = {stored: value for table in (_WORDS, _HALVES) for value, stored in table.items()}
 
 
-def kv_cache_storage_dtype(dtype: jnp.dtype, backend: str) -> jnp.dtype:
-    """The array dtype that holds a cache of `dtype` values: the reference backend keeps 16-bit floats as
-    their bits (bfloat16 in uint16, float16 in int16). XLA:CPU runs every in-place update of a 16-bit float
-    buffer by converting the WHOLE buffer to float32 and back (45 ms for one 64-row scatter into a 71 MB
-    layer cache); on integers it writes only the scattered rows (0.01 ms). Pallas backends take the floats."""
+def kv_cache_spec(
+    num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, dtype: jnp.dtype, *, backend: str
+) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of one layer's cache array holding `dtype` values, as `backend` stores them.
+
+    Pallas backends store the `kv_cache_shape` layout in `dtype`; the reference backend stores 16-bit floats
+    packed into integers (`pack_kv`), so its last dim counts words.
+    """
+    shape = kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim, backend=backend)
     dtype = jnp.dtype(dtype)
-    return _BITS.get(dtype, dtype) if resolve_backend(backend) == "reference" else dtype
+    if resolve_backend(backend) != "reference" or dtype not in _WORDS:
+        return jax.ShapeDtypeStruct(shape, dtype)
+    if shape[-1] % 2:
+        return jax.ShapeDtypeStruct(shape, _HALVES[dtype])
+    return jax.ShapeDtypeStruct((*shape[:-1], shape[-1] // 2), _WORDS[dtype])
 
 
 def kv_cache_value_dtype(storage_dtype: jnp.dtype) -> jnp.dtype:
-    """The dtype of the values held by a cache array of `storage_dtype` (undoes `kv_cache_storage_dtype`)."""
+    """The dtype of the values held by a cache array of `storage_dtype` (see `kv_cache_spec`)."""
     return _FLOATS.get(jnp.dtype(storage_dtype), jnp.dtype(storage_dtype))
+
+
+def values_per_element(storage_dtype: jnp.dtype) -> int:
+    """How many values one element of a cache array of `storage_dtype` holds (2 for packed words)."""
+    return jnp.dtype(storage_dtype).itemsize // kv_cache_value_dtype(storage_dtype).itemsize
+
+
+def pack_kv(values: jax.Array, storage_dtype: jnp.dtype) -> jax.Array:
+    """`[..., D]` values -> `[..., D / values_per_element]` elements of `storage_dtype` (bits unchanged)."""
+    count = values_per_element(storage_dtype)
+    values = values.astype(kv_cache_value_dtype(storage_dtype))
+    if count > 1:
+        values = values.reshape(*values.shape[:-1], values.shape[-1] // count, count)
+    return jax.lax.bitcast_convert_type(values, storage_dtype)
+
+
+def unpack_kv(stored: jax.Array) -> jax.Array:
+    """Inverse of `pack_kv`: the values, `[..., D]`, in `kv_cache_value_dtype(stored.dtype)`.
+
+    Words split through their 16-bit integer halves: a direct word-to-float bitcast ran slower on XLA:CPU.
+    """
+    value = kv_cache_value_dtype(stored.dtype)
+    if values_per_element(stored.dtype) > 1:
+        halves = jax.lax.bitcast_convert_type(stored, _HALVES[value])
+        stored = halves.reshape(*stored.shape[:-1], -1)
+    return jax.lax.bitcast_convert_type(stored, value)
 
 
 def kv_cache_shape(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, *, backend: str
 ) -> tuple[int, ...]:
-    """Shape of one layer's cache: `[num_pages, page_size, 2 * Hkv, D_padded]`, K/V interleaved per head.
+    """Layout of one layer's cache values: `[num_pages, page_size, 2 * Hkv, D_padded]`, K/V interleaved per
+    head (the reference backend packs the last dim into words: `kv_cache_spec`).
 
     Index `2h` holds K of head h and `2h + 1` its V, so one contiguous read fetches a head's K and V and
     sharding the head axis keeps each pair together. Page 0 is the reserved null page.

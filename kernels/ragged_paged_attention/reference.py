@@ -22,7 +22,10 @@ from tpuserve.kernels.ragged_paged_attention.layout import (
     cache_slots,
     interleave_kv,
     kv_cache_value_dtype,
+    pack_kv,
     token_positions,
+    unpack_kv,
+    values_per_element,
 )
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
@@ -60,11 +63,11 @@ def write_kv(
     cu_q_lens: jax.Array, num_seqs: jax.Array,
 ) -> jax.Array:
     """Scatter the step's K/V into their page slots with one `mode="drop"` scatter (padding is dropped)."""
-    num_pages, page_size, _, padded_dim = kv_cache.shape
+    num_pages, page_size, _, stored_dim = kv_cache.shape
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
-    rows = interleave_kv(k, v, padded_dim).astype(kv_cache_value_dtype(kv_cache.dtype))
-    rows = lax.bitcast_convert_type(rows, kv_cache.dtype)  # the storage dtype (16-bit floats as their bits)
+    padded_dim = stored_dim * values_per_element(kv_cache.dtype)
+    rows = pack_kv(interleave_kv(k, v, padded_dim), kv_cache.dtype)  # as stored (`layout.kv_cache_spec`)
     flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:]).at[slots].set(rows, mode="drop")
     return flat.reshape(kv_cache.shape)
 
@@ -114,7 +117,7 @@ def _gather_kv_block(
     cols = block[:, None] * pages_per_block + jnp.arange(pages_per_block)
     cols = jnp.clip(cols, 0, page_indices.shape[1] - 1)
     kv = kv_cache[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_pad]
-    kv = lax.bitcast_convert_type(kv, kv_cache_value_dtype(kv_cache.dtype)).astype(dtype)
+    kv = unpack_kv(kv).astype(dtype)
     kv = kv.reshape(seq.shape[0], kv_block, kv.shape[3] // 2, 2, kv.shape[4])[..., :head_dim]
     positions = block[:, None] * kv_block + jnp.arange(kv_block)
     return jnp.transpose(kv[:, :, :, 0], (0, 2, 3, 1)), kv[:, :, :, 1], positions

@@ -13,10 +13,12 @@ from tests.kernels.dense_oracle import dense_attention
 from tpuserve.kernels import (
     KernelInputError,
     kv_cache_shape,
-    kv_cache_storage_dtype,
+    kv_cache_spec,
     kv_cache_value_dtype,
+    pack_kv,
     ragged_paged_attention,
     resolve_backend,
+    unpack_kv,
 )
 from tpuserve.kernels.ragged_paged_attention import reference
 
@@ -93,14 +95,32 @@ def test_contract_violations_raise(field, bad, message):
         ragged_paged_attention(*case.args(), **case.kwargs(), backend="reference")
 
 
-def test_only_the_reference_backend_holds_16_bit_floats_as_bits():
-    for value, bits in ((jnp.bfloat16, jnp.uint16), (jnp.float16, jnp.int16)):
-        assert kv_cache_storage_dtype(value, "reference") == bits
-        assert kv_cache_value_dtype(jnp.dtype(bits)) == value
+def test_only_the_reference_backend_packs_16_bit_floats_into_integers():
+    for value, word, half in ((jnp.bfloat16, jnp.uint32, jnp.uint16), (jnp.float16, jnp.int32, jnp.int16)):
+        assert kv_cache_spec(10, 16, 3, 64, value, backend="reference") == jax.ShapeDtypeStruct(
+            (10, 16, 6, 32), word)
+        assert kv_cache_spec(10, 16, 3, 5, value, backend="reference") == jax.ShapeDtypeStruct(
+            (10, 16, 6, 5), half)
+        assert kv_cache_value_dtype(jnp.dtype(word)) == kv_cache_value_dtype(jnp.dtype(half)) == value
         for backend in ("gpu", "tpu"):
-            assert kv_cache_storage_dtype(value, backend) == value
-    assert kv_cache_storage_dtype(jnp.float32, "reference") == jnp.float32
+            shape = kv_cache_shape(10, 16, 3, 64, backend=backend)
+            assert kv_cache_spec(10, 16, 3, 64, value, backend=backend) == jax.ShapeDtypeStruct(shape, value)
+    assert kv_cache_spec(10, 16, 3, 64, jnp.float32, backend="reference") == jax.ShapeDtypeStruct(
+        (10, 16, 6, 64), jnp.float32)
     assert kv_cache_value_dtype(jnp.dtype(jnp.float32)) == jnp.float32
+
+
+@pytest.mark.parametrize("storage", [jnp.uint32, jnp.int32, jnp.uint16, jnp.float32])
+def test_pack_kv_keeps_every_bit(storage):
+    """Packing two 16-bit values per word is a bit-for-bit reinterpretation, NaN payloads included."""
+    value = kv_cache_value_dtype(jnp.dtype(storage))
+    bits = np.random.default_rng(0).integers(0, 2**16, (3, 4, 6), dtype=np.uint16)
+    values = jnp.asarray(bits).view(value) if value.itemsize == 2 else jnp.asarray(bits, value)
+    packed = pack_kv(values, storage)
+    assert packed.dtype == storage
+    assert packed.shape == (3, 4, 6 * value.itemsize // jnp.dtype(storage).itemsize)
+    unpacked = unpack_kv(packed)
+    np.testing.assert_array_equal(np.asarray(unpacked).view(np.uint8), np.asarray(values).view(np.uint8))
 
 
 def test_kv_cache_shape_pads_head_dim_only_for_tpu():

@@ -7,14 +7,13 @@ float32 accumulation). The cache after the write must match the oracle's expecte
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.kernels.cases import STANDARD, CaseSpec, make_case, random_spec
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import kv_cache_storage_dtype
+from tpuserve.kernels import kv_cache_spec, pack_kv, unpack_kv
 from tpuserve.kernels.ragged_paged_attention import reference
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
@@ -97,16 +96,19 @@ def test_write_lands_in_expected_slot():
     np.testing.assert_array_equal(kv[1::2], case.v[row])
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_16_bit_cache_held_as_bits_computes_the_same(dtype: str):
-    """The reference backend's storage of a 16-bit float cache (integer bits, `kv_cache_storage_dtype`)
-    gives the same output bits, and the same cache bits, as a cache typed as the floats."""
-    case = make_case(_bucketed(random_spec(3), name="bits", dtype=dtype))
-    typed_out, typed_cache = reference.ragged_paged_attention(*map(jnp.asarray, case.args()), **case.kwargs())
-    storage = kv_cache_storage_dtype(jnp.dtype(dtype), "reference")
-    args = list(map(jnp.asarray, case.args()))  # fresh: the cache is donated
-    args[3] = jax.lax.bitcast_convert_type(args[3], storage)
-    bits_out, bits_cache = reference.ragged_paged_attention(*args, **case.kwargs())
-    assert bits_cache.dtype == storage and jnp.issubdtype(storage, jnp.integer)
-    np.testing.assert_array_equal(np.asarray(bits_out).view(np.uint16), np.asarray(typed_out).view(np.uint16))
-    np.testing.assert_array_equal(np.asarray(bits_cache), np.asarray(typed_cache).view(storage))
+@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 64), ("float16", 64), ("bfloat16", 5)])
+def test_16_bit_cache_packed_as_integers_computes_the_same(dtype: str, head_dim: int):
+    """The reference backend's storage of a 16-bit float cache (`kv_cache_spec`: two values per 32-bit word,
+    one per 16-bit integer for an odd head dim) gives the same output bits, and the same cache bits, as a
+    cache typed as the floats."""
+    case = make_case(_bucketed(random_spec(3), name="packed", dtype=dtype, head_dim=head_dim))
+    typed_out, typed_cache = reference.ragged_paged_attention(*map(jnp.array, case.args()), **case.kwargs())
+    spec = kv_cache_spec(*case.kv_cache.shape[:2], case.spec.num_kv_heads, head_dim, jnp.dtype(dtype),
+                         backend="reference")
+    args = list(map(jnp.array, case.args()))  # copies: the cache is donated
+    args[3] = pack_kv(args[3], spec.dtype)
+    assert args[3].shape == spec.shape
+    packed_out, packed_cache = reference.ragged_paged_attention(*args, **case.kwargs())
+    assert packed_cache.dtype == spec.dtype and jnp.issubdtype(spec.dtype, jnp.integer)
+    for packed, typed in ((packed_out, typed_out), (unpack_kv(packed_cache), typed_cache)):
+        np.testing.assert_array_equal(np.asarray(packed).view(np.uint16), np.asarray(typed).view(np.uint16))

@@ -1,5 +1,5 @@
 """Platform defaults for speed on CPU: token buckets from 1, one-row programs on out-major kernels, a KV cache
-in the weights' dtype (bfloat16 held as bits); that one-row programs really run on the out-major copy and
+in the weights' dtype (bfloat16 packed in words); that one-row programs really run on the out-major copy and
 generate what the original weights generate; and that every forward gets the RoPE tables."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_one_row_programs_run_on_out_major_kernels_and_the_others_on_the_origina
     qkv = original["layers"][0]["attn"]["qkv"]["kernel"]
     assert one_row["layers"][0]["attn"]["qkv"]["kernel"].shape == qkv.shape[::-1]
     assert one_row["embedder"]["embedding"] is original["embedder"]["embedding"]  # shared, not copied
-    assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint16)}  # bfloat16 bits
+    assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint32)}  # bfloat16 pairs
     seen = forward_weights(engine)
     heads = logits_calls(engine)
     run(engine, PROMPTS)  # two streams: 2-row decode steps
