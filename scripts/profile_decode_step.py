@@ -1,7 +1,7 @@
 """Time a real engine's full-batch decode step and its parts: the forward, then LM head + sampler.
 
 Usage: .venv/bin/python scripts/profile_decode_step.py [--dtype bfloat16] [--kv-cache-dtype auto] [--batch 64]
-       [--prompt-len 128]
+       [--prompt-len 128] [--model PATH]
 
 Fills the engine with `--batch` random prompts, steps until all of them decode, then times ten steps as
 the engine runs them (dispatch overlapped) and ten more with the forward and the sampler each waited on,
@@ -31,10 +31,12 @@ def synced(fn: Callable, times: list[float]) -> Callable:
     return wrapper
 
 
-def decoding_llm(dtype: str, kv_cache_dtype: str, batch: int, prompt_len: int) -> LLM:
-    """An `LLM` whose engine holds `batch` random greedy prompts, all prefilled: every step from here decodes
-    `batch` rows (`max_tokens` is far away)."""
-    llm = LLM(None, dtype, max_num_seqs=max(8, batch), kv_cache_dtype=kv_cache_dtype, use_tqdm=False)
+def decoding_llm(
+    dtype: str, kv_cache_dtype: str, batch: int, prompt_len: int, model: str | None = None
+) -> LLM:
+    """An `LLM` of MODEL (default: the embedded SmolLM2) whose engine holds `batch` random greedy prompts, all
+    prefilled: every step from here decodes `batch` rows (`max_tokens` is far away)."""
+    llm = LLM(model, dtype, max_num_seqs=max(8, batch), kv_cache_dtype=kv_cache_dtype, use_tqdm=False)
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
     for i in range(batch):
@@ -51,8 +53,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-dtype", default="auto")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--model", help="checkpoint (default: the embedded SmolLM2)")
     args = parser.parse_args()
-    llm = decoding_llm(args.dtype, args.kv_cache_dtype, args.batch, args.prompt_len)
+    llm = decoding_llm(args.dtype, args.kv_cache_dtype, args.batch, args.prompt_len, args.model)
     engine, runner = llm.engine, llm.engine.runner
     steps = []
     for _ in range(10):
