@@ -8,7 +8,7 @@ instead of single tokens also keeps tokenizer-specific spacing (SentencePiece wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = skip_special_tokens
         self.spaces_between_special_tokens = spaces_between_special_tokens
         self.stop = StopStringMatcher(stop, include_stop_str_in_output)
+        self._decode_raw = raw_decoder(tokenizer)
         self._special_ids = set(tokenizer.all_special_ids)
         self._added_ids = set(tokenizer.added_tokens_decoder)
         self.text = ""
@@ -107,7 +108,7 @@ class IncrementalDetokenizer:
         decoded separately and joined by " ", as vLLM (and transformers 4's slow tokenizers) do.
         """
         if not self.spaces_between_special_tokens:
-            return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+            return self._decode_raw(ids, self.skip_special_tokens)
         segments: list[list[int]] = [[]]
         for token_id in ids:
             if self.skip_special_tokens and token_id in self._special_ids:
@@ -116,4 +117,14 @@ class IncrementalDetokenizer:
                 segments += [[token_id], []]
             else:
                 segments[-1].append(token_id)
-        return " ".join(self.tokenizer.decode(segment) for segment in segments if segment)
+        return " ".join(self._decode_raw(segment, False) for segment in segments if segment)
+
+
+def raw_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int], bool], str]:
+    """`(ids, skip_special_tokens) -> tokenizer.decode(...)`, straight to the Rust tokenizer when that is the
+    same function: a fast tokenizer that cleans up no spaces. transformers' Python wrapper took 3.3 us where
+    the Rust decode of a 6-token window takes 1.1, and the engine decodes twice per token of every request."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+    return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)

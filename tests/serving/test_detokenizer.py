@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from tpuserve.serving.detokenizer import IncrementalDetokenizer
+from tpuserve.serving import detokenizer
+from tpuserve.serving.detokenizer import IncrementalDetokenizer, raw_decoder
 
 # Characters that byte-level BPE splits across tokens (emoji, modifiers, flags, CJK) next to plain ones.
 MIXED_ALPHABET = "ab xyZ.!\n" + "éßПрЖλ" + "世界日本語テキスト한국어" + "🎉👋🏽🇯🇵🙂💡"
@@ -61,17 +63,38 @@ def test_decode_window_stays_short_for_long_outputs(
 ) -> None:
     """Each step must cost O(1) decoding, not re-decode the whole output."""
     window_sizes = []
-    decode = tokenizer.decode
+    raw_decoder = detokenizer.raw_decoder
 
-    def spy(ids: list[int], **options: bool) -> str:
-        window_sizes.append(len(ids))
-        return decode(ids, **options)
+    def spying_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int], bool], str]:
+        decode = raw_decoder(tokenizer)
 
-    monkeypatch.setattr(tokenizer, "decode", spy)
+        def spy(ids: list[int], skip: bool) -> str:
+            window_sizes.append(len(ids))
+            return decode(ids, skip)
+
+        return spy
+
+    monkeypatch.setattr(detokenizer, "raw_decoder", spying_decoder)
     ids = tokenizer.encode("Streaming 🎉 text, 世界, " * 20)
     deltas, _ = stream(tokenizer, ids)
-    assert "".join(deltas) == decode(ids)
+    assert "".join(deltas) == tokenizer.decode(ids)
     assert len(ids) > 100 and max(window_sizes) <= 8
+
+
+def test_raw_decoder_is_tokenizer_decode(tokenizer: PreTrainedTokenizerBase) -> None:
+    """The Rust shortcut only where it is the same function: not for a tokenizer that cleans up spaces."""
+    ids = [*tokenizer.encode("Hi , you . 🎉"), tokenizer.eos_token_id]
+    for skip in (False, True):
+        assert raw_decoder(tokenizer)(ids, skip) == tokenizer.decode(ids, skip_special_tokens=skip)
+    vocab = {"[UNK]": 0, "hello": 1, ",": 2, "world": 3, ".": 4}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(cleanup=False)  # leave the clean-up to transformers
+    cleaning = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]",
+                                       clean_up_tokenization_spaces=True)
+    ids = cleaning.encode("hello , world .")
+    assert cleaning.decode(ids) == "hello, world." != backend.decode(ids)
+    assert raw_decoder(cleaning)(ids, False) == "hello, world."
 
 
 def test_unfinished_character_is_flushed_as_decode_shows_it(tokenizer: PreTrainedTokenizerBase) -> None:
