@@ -7,11 +7,13 @@ ones are padding that the kernel ignores (kv_lens 0, page 0).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.request import Request
 from tpuserve.serving.runner import StepInputs
 from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -35,9 +37,14 @@ class PreparedStep:
     prompt_logprobs: list[PromptLogprobRows]
 
 
-def prepare_step(schedule: SchedulerOutput, config: EngineConfig) -> PreparedStep:
+def prepare_step(
+    schedule: SchedulerOutput, config: EngineConfig, in_flight_rows: Mapping[Request, int]
+) -> PreparedStep:
+    """IN_FLIGHT_ROWS: for each request whose newest token the previous step is still sampling, that
+    token's row in the previous step's output (the forward takes it from there, on the device)."""
     num_tokens = pad_to(schedule.num_tokens, config.token_buckets)
     token_ids = np.zeros(num_tokens, np.int32)
+    token_sources = np.full(num_tokens, -1, np.int32)
     positions = np.zeros(num_tokens, np.int32)
     kv_lens = np.zeros(config.max_num_seqs, np.int32)
     page_indices = np.zeros((config.max_num_seqs, config.pages_per_seq), np.int32)
@@ -46,7 +53,10 @@ def prepare_step(schedule: SchedulerOutput, config: EngineConfig) -> PreparedSte
     row = 0
     for s, chunk in enumerate(schedule.chunks):
         request, start, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
-        token_ids[row : row + n] = request.all_token_ids[start : start + n]
+        known = request.all_token_ids[start : start + n]
+        token_ids[row : row + len(known)] = known
+        if len(known) < n:  # only the newest token can be in flight
+            token_sources[row + n - 1] = in_flight_rows[request]
         positions[row : row + n] = np.arange(start, start + n)
         kv_lens[s] = start + n
         page_indices[s, : len(request.pages)] = request.pages
@@ -60,9 +70,8 @@ def prepare_step(schedule: SchedulerOutput, config: EngineConfig) -> PreparedSte
         row += n
     sample_rows = np.zeros(config.max_num_seqs, np.int32)
     sample_rows[: len(last_rows)] = last_rows
-    inputs = StepInputs(
-        token_ids, positions, kv_lens, page_indices, cu_q_lens, np.array([len(schedule.chunks)], np.int32)
-    )
+    inputs = StepInputs(token_ids, token_sources, positions, kv_lens, page_indices, cu_q_lens,
+                        np.array([len(schedule.chunks)], np.int32))
     num_sample_rows = pad_to(max(len(sampled), 1), config.seq_buckets)
     return PreparedStep(inputs, sampled, sample_rows, num_sample_rows, prompt_rows)
 

@@ -33,6 +33,11 @@ class EngineConfig:
       bfloat16 `x @ W` ~15x slower than with W stored [out, in], and every other row count is fastest in
       [in, out]. The copy costs the projections' size again; float32 weights gained nothing measurable
       from it and never get it.
+
+    `async_scheduling` (vLLM's `--async-scheduling`) dispatches each step before reading the previous step's
+    sampled tokens: the forward takes them from the device, and the host schedules, prepares inputs and
+    processes outputs (detokenizing, stop checks) while the device computes. A sequence that stops runs
+    one step more than it needs (that token is discarded); the tokens of every request are unchanged.
     """
 
     max_model_len: int
@@ -46,6 +51,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     min_token_bucket: int | None = None
     one_row_out_major: bool | None = None
+    async_scheduling: bool = True
     token_buckets: tuple[int, ...] = dataclasses.field(init=False)
     seq_buckets: tuple[int, ...] = dataclasses.field(init=False)
     pages_per_seq: int = dataclasses.field(init=False)

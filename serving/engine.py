@@ -5,6 +5,7 @@ It knows nothing of HTTP; the offline `LLM` and the async engine behind the serv
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -18,12 +19,12 @@ from tpuserve.serving.batch import PreparedStep, prepare_step
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.page_allocator import PageAllocator
-from tpuserve.serving.request import FinishReason
+from tpuserve.serving.request import FinishReason, Request, RequestStatus
 from tpuserve.serving.request_group import RequestGroup, Sequence, finish_sequence
 from tpuserve.serving.runner import ModelRunner
 from tpuserve.serving.sampling_metadata import SamplingMetadata
 from tpuserve.serving.sampling_params import SamplingParams
-from tpuserve.serving.scheduler import Scheduler
+from tpuserve.serving.scheduler import Scheduler, SchedulerOutput
 from tpuserve.serving.stats import EngineStats
 
 
@@ -41,6 +42,23 @@ class SampledTokens(NamedTuple):
     top_logprobs: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class _Launched:
+    """A dispatched step, as its completion needs it."""
+
+    computed: list[tuple[Request, int]]  # each scheduled request and its computed-token count after the step
+    sampled: list[tuple[RequestGroup, Sequence]]  # row i of `tokens` is a token of sampled[i]
+    tokens: SampledTokens | None  # still on the device
+    num_tokens: int
+    num_preempted: int
+    host_seconds: float  # engine-thread time spent launching it
+
+    @property
+    def rows(self) -> dict[Request, int]:
+        """Each sampled request's row in `tokens`."""
+        return {seq.request: i for i, (_, seq) in enumerate(self.sampled)}
+
+
 class Engine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig, backend: str = "auto") -> None:
         self.config = config
@@ -56,6 +74,7 @@ class Engine:
         self._numbers: dict[str, int] = {}
         self._counter = itertools.count()
         self._free_slots = list(range(config.max_num_seqs - 1, -1, -1))
+        self._in_flight: _Launched | None = None  # async scheduling: the step running while the host works
 
     def precompile(self, progress: Callable[[str], None] = lambda label: None) -> None:
         for label in self.runner.precompile():
@@ -63,6 +82,8 @@ class Engine:
 
     @property
     def has_unfinished(self) -> bool:
+        """Whether some request is unfinished (a step in flight for finished ones alone is read, and its
+        tokens dropped, by the next `step()`)."""
         return bool(self._groups)
 
     def add_request(
@@ -101,34 +122,56 @@ class Engine:
         return self._finish_group(group)
 
     def step(self) -> list[RequestOutput]:
+        """Schedule and dispatch one step, and return the outputs of the step that completes: this one, or
+        with `async_scheduling` the one before it, read while this one runs on the device."""
         schedule = self.scheduler.schedule()
         for request in schedule.preempted:
             self._release_slot(self._sequences[request.request_id][1])
-        if not schedule.chunks:
-            return []
+        launched = self._launch(schedule) if schedule.chunks else None
+        if self.config.async_scheduling:
+            launched, self._in_flight = self._in_flight, launched
+        return [] if launched is None else self._complete(launched)
+
+    def _launch(self, schedule: SchedulerOutput) -> _Launched:
+        """Dispatch the step's programs; its tokens count as in flight until `_complete` reads them."""
         started = time.monotonic()
         for chunk in schedule.chunks:
             self._ensure_slot(self._sequences[chunk.request.request_id][1], started)
-        step = prepare_step(schedule, self.config)
+        step = prepare_step(schedule, self.config, {} if self._in_flight is None else self._in_flight.rows)
         hidden, sample_hidden = self.runner.forward(step.inputs, step.sample_rows)
         sampled = self._sample(sample_hidden, step)
-        dispatched = time.monotonic()  # host work before this point leaves the device idle
+        host_seconds = time.monotonic() - started  # host work before this point leaves the device idle
         self._record_prompt_logprobs(hidden, step)
-        tokens = None if sampled is None else SampledTokens(*jax.tree.map(np.asarray, tuple(sampled)))
-        ready = time.monotonic()
+        computed = []
         for chunk in schedule.chunks:
-            request = chunk.request
-            request.num_computed_tokens += chunk.num_tokens
-            computed = request.all_token_ids[: request.num_computed_tokens]
-            self.allocator.register_full_pages(computed, request.pages)
+            chunk.request.num_computed_tokens += chunk.num_tokens
+            computed.append((chunk.request, chunk.request.num_computed_tokens))
+        for chunk in step.sampled:
+            chunk.request.num_in_flight += 1
+        return _Launched(
+            computed=computed,
+            sampled=[self._sequences[chunk.request.request_id] for chunk in step.sampled],
+            tokens=sampled,
+            num_tokens=schedule.num_tokens,
+            num_preempted=len(schedule.preempted),
+            host_seconds=host_seconds,
+        )
+
+    def _complete(self, launched: _Launched) -> list[RequestOutput]:
+        """Read a launched step's tokens and apply them: cache its full pages, extend, detokenize, stop."""
+        tokens = None if launched.tokens is None else jax.tree.map(np.asarray, launched.tokens)
+        ready = time.monotonic()
+        for request, num_computed in launched.computed:
+            if request.status is RequestStatus.RUNNING:  # not preempted, finished or aborted since
+                self.allocator.register_full_pages(request.all_token_ids[:num_computed], request.pages)
         touched = {}
-        for i, chunk in enumerate(step.sampled):
-            group, seq = self._sequences[chunk.request.request_id]
-            self._append_token(group, seq, tokens, i)
-            touched[group.request_id] = group
-        finished = time.monotonic()
-        self.stats.record_step(schedule.num_tokens, finished - started,
-                               (dispatched - started) + (finished - ready), len(schedule.preempted))
+        for i, (group, seq) in enumerate(launched.sampled):
+            seq.request.num_in_flight -= 1
+            if seq.request.finish_reason is None:  # else it stopped or was aborted while this token ran
+                self._append_token(group, seq, tokens, i)
+                touched[group.request_id] = group
+        host_seconds = launched.host_seconds + time.monotonic() - ready
+        self.stats.record_step(launched.num_tokens, host_seconds, launched.num_preempted)
         return [self._finish_group(g) if g.finished else g.output() for g in touched.values()]
 
     def _sample(self, sample_hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
@@ -140,7 +183,7 @@ class Engine:
             [s.request.sampling_params for s in seqs],
             num_rows=step.num_sample_rows,
             slot_ids=[s.slot for s in seqs],
-            output_lens=[len(s.request.output_token_ids) for s in seqs],
+            output_lens=[s.request.num_output_tokens for s in seqs],
             request_numbers=[self._numbers[s.request.request_id] for s in seqs],
             engine_seed=self.config.seed,
         )
@@ -191,7 +234,8 @@ class Engine:
         if reason is None and update.stopped:
             reason = (FinishReason.STOP, update.stop_str)
         max_tokens = params.max_tokens or self.config.max_model_len
-        if reason is None and (num_outputs >= max_tokens or request.num_tokens >= self.config.max_model_len):
+        num_tokens = len(request.prompt_token_ids) + num_outputs
+        if reason is None and (num_outputs >= max_tokens or num_tokens >= self.config.max_model_len):
             reason = (FinishReason.LENGTH, None)
         if reason is not None:
             if not update.stopped:

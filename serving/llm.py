@@ -50,6 +50,7 @@ class LLM:
         seed: int = 0,
         kv_cache_dtype: str = "auto",
         min_token_bucket: int | None = None,
+        async_scheduling: bool = True,
         compilation_cache_dir: str | None = None,
         backend: str = "auto",
         use_tqdm: bool = True,
@@ -68,7 +69,7 @@ class LLM:
             max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, page_size=page_size, num_pages=num_pages,
             enable_prefix_caching=enable_prefix_caching, seed=seed, kv_cache_dtype=kv_cache_dtype,
-            min_token_bucket=min_token_bucket,
+            min_token_bucket=min_token_bucket, async_scheduling=async_scheduling,
         )
         self.engine = Engine(self.loaded, self.config, backend)
         labels = self.config.token_buckets + self.config.seq_buckets

@@ -31,6 +31,10 @@ class Request:
     beyond it still has to go through the model (a prompt, a chunk of it, or the newest sampled token).
     After a preemption the pages are gone and `num_computed_tokens` drops to zero: the prompt and the
     tokens generated so far are recomputed together, which yields exactly the same continuation.
+
+    `num_in_flight` counts tokens being sampled by a dispatched step whose result the host has not read yet
+    (async scheduling): they count in `num_tokens`, so the next step can already be scheduled to compute
+    them, but they are not in `output_token_ids` until the engine reads them from the device.
     """
 
     request_id: str
@@ -47,6 +51,7 @@ class Request:
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None
     first_token_time: float | None = None
+    num_in_flight: int = 0
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -54,7 +59,19 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.prompt_token_ids) + self.num_output_tokens
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Generated tokens, those still in flight included."""
+        return len(self.output_token_ids) + self.num_in_flight
+
+    def last_in_flight(self, max_model_len: int) -> bool:
+        """Whether a token in flight is this request's last: it reaches `max_tokens` or the context limit,
+        so the request ends by length when that token lands and needs no further step."""
+        max_tokens = self.sampling_params.max_tokens or max_model_len
+        limit_reached = self.num_output_tokens >= max_tokens or self.num_tokens >= max_model_len
+        return self.num_in_flight > 0 and limit_reached
 
     @property
     def num_pending_tokens(self) -> int:

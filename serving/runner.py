@@ -2,16 +2,18 @@
 
 Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
 - `forward`, per token bucket `T` (for `T = 1` on a copy of 16-bit weights whose projection kernels are
-  stored [out, in], see `EngineConfig.one_row_out_major`): token ids, positions, attention metadata
-  (always sized to `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows to sample from and
-  the model's RoPE tables (fixed shapes) in; the final-normed hidden `[T, hidden]`, those rows
-  `[max_num_seqs, hidden]` and the caches out;
+  stored [out, in], see `EngineConfig.one_row_out_major`): token ids with their sources (a token still in
+  flight is read from the previous step's sampled tokens, `[max_num_seqs]`, on the device), positions,
+  attention metadata (always sized to `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows
+  to sample from and the model's RoPE tables (fixed shapes) in; the final-normed hidden `[T, hidden]`,
+  those rows `[max_num_seqs, hidden]` and the caches out;
 - `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
 - `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows (weights chosen as
   for `forward`);
 - the sampler (`tpuserve.serving.sampler.sample`, all-greedy and general) and prompt logprobs, per
   sequence bucket `S`;
-- the sampler-table slot write (one shape).
+- the sampler-table slot write (one shape), and the padding of a step's sampled tokens to `max_num_seqs`
+  rows (per sequence bucket `S`).
 Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
 
 A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
@@ -24,6 +26,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -63,6 +66,7 @@ class StepInputs:
     """Host arrays for one forward pass, already padded to a token bucket."""
 
     token_ids: np.ndarray  # int32 [T]
+    token_sources: np.ndarray  # int32 [T]: -1, or the row of the previous step's sampled tokens to use
     positions: np.ndarray  # int32 [T]
     kv_lens: np.ndarray  # int32 [max_num_seqs]
     page_indices: np.ndarray  # int32 [max_num_seqs, pages_per_seq]
@@ -96,15 +100,19 @@ class ModelRunner:
             SamplerState.create(config.max_num_seqs, model.config.vocab_size), placement)
         # An argument, not a closure: a closed-over table would be baked into every program as a constant.
         self.rope_tables = jax.device_put(model.rope_tables(config.max_model_len), placement)
+        # The newest sampled tokens stay here, so a step can be dispatched before the host has read them.
+        self.last_tokens = jax.device_put(np.zeros(config.max_num_seqs, np.int32), placement)
         self._backend = backend
         self._forward = jax.jit(self._forward_impl, static_argnums=0, donate_argnums=2)
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
+        self._pad_tokens = jax.jit(lambda tokens: jnp.pad(tokens, (0, config.max_num_seqs - len(tokens))))
         self._logits = jax.jit(self._logits_impl, static_argnums=(0, 3))
 
     # `one_row` (static) picks the graph: a bool hashes for free, an nnx graph took ~1 ms per call.
-    def _forward_impl(self, one_row, params, kv_caches, token_ids, positions, metadata, sample_rows,
-                      rope_tables):
+    def _forward_impl(self, one_row, params, kv_caches, token_ids, token_sources, last_tokens, positions,
+                      metadata, sample_rows, rope_tables):
         model = nnx.merge(self.weights_for(one_row).graphdef, params)
+        token_ids = jnp.where(token_sources < 0, token_ids, last_tokens[jnp.maximum(token_sources, 0)])
         hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
                                           self.mesh, rope_tables)
         return hidden, hidden[sample_rows], kv_caches
@@ -139,8 +147,8 @@ class ModelRunner:
         metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
         one_row = len(inputs.token_ids) == 1
         hidden, sample_hidden, self.kv_caches = self._forward(
-            one_row, self.weights_for(one_row).params, self.kv_caches, inputs.token_ids, inputs.positions,
-            metadata, sample_rows, self.rope_tables,
+            one_row, self.weights_for(one_row).params, self.kv_caches, inputs.token_ids, inputs.token_sources,
+            self.last_tokens, inputs.positions, metadata, sample_rows, self.rope_tables,
         )
         return hidden, sample_hidden
 
@@ -150,6 +158,7 @@ class ModelRunner:
         logits = self._lm_head(sample_hidden, num_rows)
         random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
         output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
+        self.last_tokens = self._pad_tokens(output.token_ids)
         return output
 
     def prompt_logprobs(self, hidden: jax.Array, rows: np.ndarray, targets: np.ndarray) -> TokenLogprobs:
@@ -192,6 +201,7 @@ class ModelRunner:
         config = self.config
         return StepInputs(
             token_ids=np.zeros(num_tokens, np.int32),
+            token_sources=np.full(num_tokens, -1, np.int32),
             positions=np.zeros(num_tokens, np.int32),
             kv_lens=np.zeros(config.max_num_seqs, np.int32),
             page_indices=np.zeros((config.max_num_seqs, config.pages_per_seq), np.int32),

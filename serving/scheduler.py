@@ -84,6 +84,8 @@ class Scheduler:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
+            if request.last_in_flight(self.config.max_model_len):
+                continue  # it ends by length once its token in flight lands
             num_tokens = min(request.num_pending_tokens, budget)
             while not self._reserve_pages(request, num_tokens):
                 victim = self._pick_victim(exclude=[chunk.request for chunk in chunks])
@@ -116,6 +118,8 @@ class Scheduler:
         return budget
 
     def _match_prefix(self, request: Request) -> None:
+        if request.sampling_params.prompt_logprobs is not None and not request.output_token_ids:
+            return  # every prompt token must run through the model to be scored (vLLM skips the cache too)
         pages, num_cached = self.allocator.match_prefix(request.all_token_ids)
         request.pages = pages
         request.num_computed_tokens = num_cached

@@ -13,16 +13,16 @@ class EngineStats:
     num_steps: int = 0
     num_batched_tokens: int = 0
     num_preemptions: int = 0
-    step_time_s: float = 0.0
-    host_time_s: float = 0.0  # per step: scheduling, input prep and output processing (device idle)
+    # Engine-thread work: scheduling, input prep, dispatch and output processing. The device waits through
+    # all of it with synchronous scheduling; async scheduling overlaps it with the step in flight.
+    host_time_s: float = 0.0
     ttft_s: collections.deque[float] = dataclasses.field(default_factory=lambda: _recent())
     inter_token_s: collections.deque[float] = dataclasses.field(default_factory=lambda: _recent())
 
-    def record_step(self, num_tokens: int, seconds: float, host_seconds: float, num_preempted: int) -> None:
+    def record_step(self, num_tokens: int, host_seconds: float, num_preempted: int) -> None:
         self.num_steps += 1
         self.num_batched_tokens += num_tokens
         self.num_preemptions += num_preempted
-        self.step_time_s += seconds
         self.host_time_s += host_seconds
 
     def record_first_token(self, seconds: float) -> None:

@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     engine = parser.add_argument_group("engine")
     engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
     for name, default in ENGINE_ARGS:
         engine.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     bench_args.add_dataset_arguments(parser)
@@ -37,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     engine = {name: getattr(args, name) for name, _ in ENGINE_ARGS}
-    llm = LLM(args.model, args.dtype, kv_cache_dtype=args.kv_cache_dtype, use_tqdm=not args.disable_tqdm,
-              **engine)
+    llm = LLM(args.model, args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+              async_scheduling=args.async_scheduling, use_tqdm=not args.disable_tqdm, **engine)
     requests = bench_args.sample_requests(args, llm.get_tokenizer(), args.num_prompts)
     result = benchmark_offline(llm, requests, progress=not args.disable_tqdm)
     print(f"Throughput: {result['requests_per_second']:.2f} requests/s, "

@@ -87,6 +87,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="reuse KV pages of shared prompt prefixes (default: on)",
     )
+    engine.add_argument(
+        "--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
+        help="dispatch each step before reading the previous one's tokens, overlapping host work with the "
+             "device (default: on)",
+    )
     engine.add_argument("--tensor-parallel-size", type=int, default=1, help="devices to split the model over")
     engine.add_argument(
         "--data-parallel-size", type=int, default=1,
@@ -149,6 +154,7 @@ def _make_llm(args: argparse.Namespace) -> functools.partial[LLM]:
         kv_cache_dtype=args.kv_cache_dtype,
         min_token_bucket=args.min_token_bucket,
         enable_prefix_caching=args.enable_prefix_caching,
+        async_scheduling=args.async_scheduling,
         seed=args.seed,
         compilation_cache_dir=args.compilation_cache_dir,
     )

@@ -64,6 +64,10 @@ def test_prefix_pages_are_reused() -> None:
     new = next(c for c in chunks if c.request is second)
     assert second.num_cached_tokens == 16 and new.num_tokens == 4
     assert second.pages[:4] == first.pages[:4]
+    scored = Request("c", list(range(20)), SamplingParams(prompt_logprobs=1), arrival_time=0.0)
+    scheduler.add(scored)
+    chunks = scheduler.schedule().chunks  # prompt logprobs need every prompt token run, cached or not
+    assert next(c for c in chunks if c.request is scored).num_tokens == 20 and scored.num_cached_tokens == 0
 
 
 def test_preemption_frees_latest_admitted_and_recomputes() -> None:
@@ -94,3 +98,40 @@ def test_finish_releases_pages_wherever_the_request_is() -> None:
     scheduler.finish(waiting)
     assert not scheduler.has_work
     assert allocator.num_free_pages == allocator.num_pages - 1
+
+
+def launch(output) -> None:
+    """What the engine does when it dispatches a step: tokens computed, sampled tokens in flight."""
+    for chunk in output.chunks:
+        completes = chunk.completes_sequence
+        chunk.request.num_computed_tokens += chunk.num_tokens
+        chunk.request.num_in_flight += completes
+
+
+def land(req: Request) -> None:
+    """The host reads one of the request's tokens in flight."""
+    req.num_in_flight -= 1
+    req.output_token_ids.append(7)
+
+
+def test_async_schedules_tokens_in_flight_but_not_past_a_length_limit() -> None:
+    scheduler, _ = make(max_model_len=6)
+    capped = Request("capped", [1, 2, 3], SamplingParams(max_tokens=2), arrival_time=0.0)
+    long = request("long", 3, start=10)  # stops at the 6-token context
+    for req in (capped, long):
+        scheduler.add(req)
+    launch(scheduler.schedule())
+    second = scheduler.schedule()  # before the first tokens land: each decodes its token in flight
+    assert [(c.request.request_id, c.num_tokens) for c in second.chunks] == [("capped", 1), ("long", 1)]
+    assert all(c.completes_sequence for c in second.chunks)
+    launch(second)
+    for req in (capped, long):
+        land(req)
+    # capped's token in flight is its second and last; long's is its fifth token, not yet the sixth
+    assert capped.last_in_flight(6) and not long.last_in_flight(6)
+    third = scheduler.schedule()
+    assert [(c.request.request_id, c.num_tokens) for c in third.chunks] == [("long", 1)]
+    launch(third)
+    land(long)
+    assert long.num_tokens == 6 and long.last_in_flight(6)
+    assert scheduler.schedule().chunks == []
