@@ -40,8 +40,8 @@ def hlo_ops(llm: LLM, num_tokens: int) -> dict[str, tuple[str, str]]:
     rows = np.zeros(runner.config.max_num_seqs, np.int32)
     one_row = num_tokens == 1
     params = runner.weights_for(one_row).params
-    lowered = runner._forward.lower(one_row, params, runner.kv_caches, inputs.token_ids, inputs.positions,
-                                    metadata, rows, runner.rope_tables)
+    lowered = runner._forward.lower(one_row, params, runner.kv_caches, inputs.token_ids, inputs.token_sources,
+                                    runner.last_tokens, inputs.positions, metadata, rows, runner.rope_tables)
     text = lowered.compile().as_text()
     return {m[1]: (m[2], m[3].removeprefix("jit(_forward_impl)/")) for m in HLO_OP.finditer(text)}
 
