@@ -3,6 +3,7 @@
 Usage: here, into a folder git ignores:  .venv/bin/python scripts/gpu_engine_bench.py TOKENIZER_DIR --export
        on the device machine, after `pip install --no-deps --no-build-isolation -e .`:
                                          python3 scripts/gpu_engine_bench.py TOKENIZER_DIR [--seconds 140]
+                                         [--no-async-scheduling]
 
 The embedded GGUF (98 MB) cannot travel to the device machine, so TOKENIZER_DIR holds what can: SmolLM2's
 HF `config.json` (as the GGUF loader reads it) and its tokenizer files, which `--export` writes. On the
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/smollm2-random"))
     parser.add_argument("--seconds", type=float, default=140.0)
     parser.add_argument("--result-json", type=Path)
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.export:
         export(args.tokenizer_dir)
@@ -75,7 +77,8 @@ def main() -> None:
         random_checkpoint(args.tokenizer_dir, args.checkpoint)
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
     results: dict = {}
-    llm = LLM(str(args.checkpoint), "bfloat16", max_num_seqs=64, use_tqdm=False)
+    llm = LLM(str(args.checkpoint), "bfloat16", max_num_seqs=64, async_scheduling=args.async_scheduling,
+              use_tqdm=False)
     print(f"engine of 64 sequences built and compiled in {time.perf_counter() - start:.1f} s", flush=True)
     run("256 prompts 128/128, 64 sequences", llm, 256, 128, 128, results)
     run("one stream 16/128", llm, 1, 16, 128, results)
@@ -83,7 +86,7 @@ def main() -> None:
     del llm
     if time.perf_counter() - start < args.seconds:
         llm = LLM(str(args.checkpoint), "bfloat16", max_num_seqs=256, max_num_batched_tokens=2048,
-                  use_tqdm=False)
+                  async_scheduling=args.async_scheduling, use_tqdm=False)
         run("1024 prompts 128/128, 256 sequences", llm, 1024, 128, 128, results)
     if args.result_json:
         args.result_json.write_text(json.dumps(results, indent=1) + "\n")

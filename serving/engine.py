@@ -140,7 +140,7 @@ class Engine:
         step = prepare_step(schedule, self.config, {} if self._in_flight is None else self._in_flight.rows)
         hidden, sample_hidden = self.runner.forward(step.inputs, step.sample_rows)
         sampled = self._sample(sample_hidden, step)
-        host_seconds = time.monotonic() - started  # host work before this point leaves the device idle
+        host_seconds = time.monotonic() - started  # engine-thread work up to the dispatch
         self._record_prompt_logprobs(hidden, step)
         computed = []
         for chunk in schedule.chunks:
