@@ -53,7 +53,7 @@ def prepare_step(
     row = 0
     for s, chunk in enumerate(schedule.chunks):
         request, start, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
-        known = request.all_token_ids[start : start + n]
+        known = request.token_ids_between(start, start + n)
         token_ids[row : row + len(known)] = known
         if len(known) < n:  # only the newest token can be in flight
             token_sources[row + n - 1] = in_flight_rows[request]

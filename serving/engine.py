@@ -46,7 +46,7 @@ class SampledTokens(NamedTuple):
 class _Launched:
     """A dispatched step, as its completion needs it."""
 
-    computed: list[tuple[Request, int]]  # each scheduled request and its computed-token count after the step
+    filled: list[tuple[Request, int]]  # requests that filled a page, with their computed-token count after
     sampled: list[tuple[RequestGroup, Sequence]]  # row i of `tokens` is a token of sampled[i]
     tokens: SampledTokens | None  # still on the device
     num_tokens: int
@@ -142,14 +142,17 @@ class Engine:
         sampled = self._sample(sample_hidden, step)
         host_seconds = time.monotonic() - started  # engine-thread work up to the dispatch
         self._record_prompt_logprobs(hidden, step)
-        computed = []
+        filled, page_size = [], self.config.page_size
         for chunk in schedule.chunks:
-            chunk.request.num_computed_tokens += chunk.num_tokens
-            computed.append((chunk.request, chunk.request.num_computed_tokens))
+            request = chunk.request
+            full_pages = request.num_computed_tokens // page_size
+            request.num_computed_tokens += chunk.num_tokens
+            if request.num_computed_tokens // page_size > full_pages:
+                filled.append((request, request.num_computed_tokens))
         for chunk in step.sampled:
             chunk.request.num_in_flight += 1
         return _Launched(
-            computed=computed,
+            filled=filled,
             sampled=[self._sequences[chunk.request.request_id] for chunk in step.sampled],
             tokens=sampled,
             num_tokens=schedule.num_tokens,
@@ -161,7 +164,7 @@ class Engine:
         """Read a launched step's tokens and apply them: cache its full pages, extend, detokenize, stop."""
         tokens = None if launched.tokens is None else jax.tree.map(np.asarray, launched.tokens)
         ready = time.monotonic()
-        for request, num_computed in launched.computed:
+        for request, num_computed in launched.filled:  # only they have new pages for the prefix cache
             if request.status is RequestStatus.RUNNING:  # not preempted, finished or aborted since
                 self.allocator.register_full_pages(request.all_token_ids[:num_computed], request.pages)
         touched = {}

@@ -57,6 +57,13 @@ class Request:
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def token_ids_between(self, start: int, stop: int) -> list[int]:
+        """`all_token_ids[start:stop]` without first copying the whole sequence (a decode needs one token)."""
+        num_prompt = len(self.prompt_token_ids)
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt : stop - num_prompt]
+        return self.prompt_token_ids[start:stop] + self.output_token_ids[: max(stop - num_prompt, 0)]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + self.num_output_tokens

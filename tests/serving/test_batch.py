@@ -27,3 +27,10 @@ def test_a_token_in_flight_is_taken_from_the_previous_steps_samples() -> None:
     np.testing.assert_array_equal(inputs.kv_lens[:2], [4, 2])
     assert [chunk.request for chunk in step.sampled] == [decoding, prefill]
     np.testing.assert_array_equal(step.sample_rows[:2], [0, 2])
+
+
+def test_token_ids_between_slices_prompt_and_outputs_as_one_sequence() -> None:
+    request = Request("r", [1, 2, 3], SamplingParams(), output_token_ids=[4, 5])
+    for start in range(6):
+        for stop in range(start, 7):
+            assert request.token_ids_between(start, stop) == request.all_token_ids[start:stop]
