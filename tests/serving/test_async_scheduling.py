@@ -29,7 +29,8 @@ def workload(loaded, greedy_story: list[int]) -> tuple[list[list[int]], list[Sam
     tokenizer = loaded.tokenizer
     stop_text = tokenizer.decode(greedy_story[10:12])
     rng = np.random.default_rng(3)
-    long_prompts = [rng.integers(0, loaded.config.vocab_size, n).tolist() for n in (300, 420, 250)]
+    # the last one ends 5 tokens short of the 608-token context: a length stop by context, not max_tokens
+    long_prompts = [rng.integers(0, loaded.config.vocab_size, n).tolist() for n in (300, 420, 250, 603)]
     story = tokenizer.encode(STORY)
     prompts = [story] * 6 + long_prompts
     params = [
@@ -43,6 +44,7 @@ def workload(loaded, greedy_story: list[int]) -> tuple[list[list[int]], list[Sam
         SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
         SamplingParams(temperature=0.7, max_tokens=25, seed=11, ignore_eos=True),
         SamplingParams(temperature=0, max_tokens=35, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=50, ignore_eos=True),
     ]
     return prompts, params
 
@@ -83,7 +85,7 @@ def test_async_and_sync_scheduling_give_the_same_outputs(loaded) -> None:
     reasons = [(c.finish_reason, c.stop_reason) for o in got for c in o.outputs]
     stop_text = loaded.tokenizer.decode(greedy_story[10:12])
     assert reasons[0] == ("stop", greedy_story[6]) and reasons[1] == ("stop", stop_text)
-    assert reasons[-1] == ("length", None)
+    assert reasons[-1] == ("length", None) and len(got[-1].outputs[0].token_ids) == 5
     for llm in (sync, asynchronous):
         assert llm.engine.scheduler.num_preemptions > 0
         assert llm.engine.allocator.num_free_pages == llm.config.num_pages - 1
