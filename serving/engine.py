@@ -236,9 +236,7 @@ class Engine:
         update = seq.detokenizer.add_tokens([] if hide_stop_token else [token])
         if reason is None and update.stopped:
             reason = (FinishReason.STOP, update.stop_str)
-        max_tokens = params.max_tokens or self.config.max_model_len
-        num_tokens = len(request.prompt_token_ids) + num_outputs
-        if reason is None and (num_outputs >= max_tokens or num_tokens >= self.config.max_model_len):
+        if reason is None and request.ends_by_length(num_outputs, self.config.max_model_len):
             reason = (FinishReason.LENGTH, None)
         if reason is not None:
             if not update.stopped:

@@ -73,12 +73,15 @@ class Request:
         """Generated tokens, those still in flight included."""
         return len(self.output_token_ids) + self.num_in_flight
 
-    def last_in_flight(self, max_model_len: int) -> bool:
-        """Whether a token in flight is this request's last: it reaches `max_tokens` or the context limit,
-        so the request ends by length when that token lands and needs no further step."""
+    def ends_by_length(self, num_outputs: int, max_model_len: int) -> bool:
+        """Whether NUM_OUTPUTS generated tokens reach `max_tokens` or, after the prompt, the context limit."""
         max_tokens = self.sampling_params.max_tokens or max_model_len
-        limit_reached = self.num_output_tokens >= max_tokens or self.num_tokens >= max_model_len
-        return self.num_in_flight > 0 and limit_reached
+        return num_outputs >= max_tokens or len(self.prompt_token_ids) + num_outputs >= max_model_len
+
+    def last_in_flight(self, max_model_len: int) -> bool:
+        """Whether a token in flight is this request's last, so it ends by length when that token lands and
+        needs no further step."""
+        return self.num_in_flight > 0 and self.ends_by_length(self.num_output_tokens, max_model_len)
 
     @property
     def num_pending_tokens(self) -> int:
