@@ -5,10 +5,10 @@ from tpuserve.kernels.ragged_paged_attention import (
     kv_cache_shape,
     kv_cache_spec,
     kv_cache_value_dtype,
-    pack_kv,
+    load_kv_cache,
     ragged_paged_attention,
     resolve_backend,
-    unpack_kv,
+    store_kv_cache,
 )
 
 __all__ = [
@@ -16,8 +16,8 @@ __all__ = [
     "kv_cache_shape",
     "kv_cache_spec",
     "kv_cache_value_dtype",
-    "pack_kv",
+    "load_kv_cache",
     "ragged_paged_attention",
     "resolve_backend",
-    "unpack_kv",
+    "store_kv_cache",
 ]

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tpuserve.kernels import store_kv_cache
 from tpuserve.kernels.ragged_paged_attention import reference
 
 ARG_NAMES = ("q", "k", "v", "kv_cache", "kv_lens", "page_indices", "cu_q_lens", "num_seqs")
@@ -31,7 +32,7 @@ class Shape:
     dtype: str
 
 
-SMOLLM2 = Shape(num_heads=9, num_kv_heads=3, head_dim=64, page_size=16, dtype="float32")
+SMOLLM2 = Shape(num_heads=9, num_kv_heads=3, head_dim=64, page_size=64, dtype="float32")  # CPU default page
 
 
 def copy_bandwidth(num_bytes: int = 256 << 20, reps: int = 5) -> float:
@@ -47,8 +48,11 @@ def copy_bandwidth(num_bytes: int = 256 << 20, reps: int = 5) -> float:
     return 2 * num_bytes / min(times)
 
 
-def make_batch(shape: Shape, q_lens: list[int], kv_lens: list[int], seed: int = 0) -> list[jax.Array]:
-    """Contract-order inputs for sequences with these new-token and total lengths; pages in random order."""
+def make_batch(
+    shape: Shape, q_lens: list[int], kv_lens: list[int], seed: int = 0, backend: str = "reference"
+) -> list[jax.Array]:
+    """Contract-order inputs for sequences with these new-token and total lengths; pages in random order;
+    the cache stored as BACKEND takes it."""
     pages_per_seq = max(-(-n // shape.page_size) for n in kv_lens)
     num_pages = 1 + len(kv_lens) * pages_per_seq
     page_indices = 1 + np.random.default_rng(seed).permutation(num_pages - 1).reshape(len(kv_lens), -1)
@@ -61,6 +65,7 @@ def make_batch(shape: Shape, q_lens: list[int], kv_lens: list[int], seed: int = 
         "kv_cache": (num_pages, shape.page_size, 2 * shape.num_kv_heads, shape.head_dim),
     }
     floats = [jax.random.normal(key, dim, shape.dtype) for key, dim in zip(keys, dims.values(), strict=True)]
+    floats[3] = store_kv_cache(floats[3], shape.head_dim, backend=backend)
     ints = [kv_lens, page_indices, np.concatenate([[0], np.cumsum(q_lens)]), [len(q_lens)]]
     return floats + [jnp.asarray(a, jnp.int32) for a in ints]
 

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tpuserve.kernels import pack_kv, ragged_paged_attention, unpack_kv
+from tpuserve.kernels import kv_cache_shape, ragged_paged_attention, store_kv_cache
 from tpuserve.model import load_model
 from tpuserve.model.layers.rope import Rotary
-from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
+from tpuserve.model.paged import AttentionMetadata, paged_forward
 
-PAGE_SIZE = 16
+PAGE_SIZE = 64  # the CPU default (`EngineConfig`)
 DTYPE_PAIRS = ["float32/float32", "bfloat16/float32", "bfloat16/bfloat16"]  # weights/cache
 
 
@@ -50,10 +50,12 @@ def profile(weights: str, cache_dtype: str, batch: int, context: int, reps: int)
     config = loaded.config
     pages_per_seq = -(-context // PAGE_SIZE)
     rng = np.random.default_rng(0)
-    caches = [  # random values, held as the kernel stores them (bfloat16 packed in words on CPU)
-        pack_kv(jnp.asarray(rng.standard_normal(jax.eval_shape(unpack_kv, c).shape) * 0.1, cache_dtype),
-                c.dtype)
-        for c in init_kv_caches(config, 1 + batch * pages_per_seq, PAGE_SIZE, jnp.dtype(cache_dtype))
+    shape = kv_cache_shape(1 + batch * pages_per_seq, PAGE_SIZE, config.num_kv_heads, config.head_dim,
+                           backend="auto")
+    caches = [  # random values, held as the kernel stores them (`store_kv_cache`)
+        store_kv_cache(jnp.asarray(rng.standard_normal(shape) * 0.1, cache_dtype), config.head_dim,
+                       backend="auto")
+        for _ in range(config.num_layers)
     ]
     metadata = AttentionMetadata(
         jnp.full((batch,), context, jnp.int32),

@@ -57,7 +57,9 @@ def main() -> int:
             q_lens, kv_lens = [1] * batch, [context] * batch
             num_bytes = bench.bytes_moved(LLAMA3_8B, q_lens, kv_lens)
             for name, attention in attention_variants().items():
-                timing = bench.time_call(attention, bench.make_batch(LLAMA3_8B, q_lens, kv_lens), reps)
+                backend = "reference" if name.startswith("reference") else "gpu"
+                batch_args = bench.make_batch(LLAMA3_8B, q_lens, kv_lens, backend=backend)
+                timing = bench.time_call(attention, batch_args, reps)
                 row = bench.table_row(f"{name} b={batch} ctx={context}", timing, num_bytes, bandwidth)
                 print(row, flush=True)
     return status

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from tpuserve.model import LoadedModel, load_model
 from tpuserve.model.sharding import ShardPlan, make_mesh, model_mesh, model_shards, shard_model
 from tpuserve.serving.compilation import enable_compilation_cache
-from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
+from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype, resolve_page_size
 from tpuserve.serving.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
@@ -33,7 +33,8 @@ class LLM:
 
     `tensor_parallel_size` > 1 splits the model over that many devices (`tpuserve.model.sharding`): the
     first of `devices` (default `jax.devices()`); `kv_cache_memory` is then a per-device budget.
-    `kv_cache_dtype` and `min_token_bucket` default to what is fastest on the platform (`EngineConfig`).
+    `page_size`, `kv_cache_dtype` and `min_token_bucket` default to what is fastest on the platform
+    (`EngineConfig`).
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class LLM:
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 512,
-        page_size: int = 16,
+        page_size: int | None = None,
         kv_cache_memory: int | None = None,
         num_pages: int | None = None,
         enable_prefix_caching: bool = True,
@@ -60,6 +61,7 @@ class LLM:
         enable_compilation_cache(compilation_cache_dir)
         self.loaded = _load(model, dtype, tensor_parallel_size, devices)
         max_model_len = max_model_len or self.loaded.config.max_position_embeddings
+        page_size = resolve_page_size(page_size)
         if num_pages is None:
             cache_dtype = resolve_kv_cache_dtype(kv_cache_dtype, self.loaded.dtype)
             memory = kv_cache_memory or DEFAULT_KV_CACHE_MEMORY

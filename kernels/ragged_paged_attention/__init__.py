@@ -5,19 +5,19 @@ from tpuserve.kernels.ragged_paged_attention.layout import (
     KernelInputError,
     kv_cache_shape,
     kv_cache_spec,
-    kv_cache_value_dtype,
-    pack_kv,
+    load_kv_cache,
     resolve_backend,
-    unpack_kv,
+    store_kv_cache,
 )
+from tpuserve.kernels.ragged_paged_attention.storage import kv_cache_value_dtype
 
 __all__ = [
     "KernelInputError",
     "kv_cache_shape",
     "kv_cache_spec",
     "kv_cache_value_dtype",
-    "pack_kv",
+    "load_kv_cache",
     "ragged_paged_attention",
     "resolve_backend",
-    "unpack_kv",
+    "store_kv_cache",
 ]

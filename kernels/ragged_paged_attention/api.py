@@ -9,11 +9,8 @@ import importlib
 import jax
 import jax.numpy as jnp
 
-from tpuserve.kernels.ragged_paged_attention.layout import (
-    KernelInputError,
-    resolve_backend,
-    values_per_element,
-)
+from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError, kv_cache_spec, resolve_backend
+from tpuserve.kernels.ragged_paged_attention.storage import kv_cache_value_dtype, reference_page_size
 
 
 def ragged_paged_attention(
@@ -37,9 +34,9 @@ def ragged_paged_attention(
     Args (T = padded token count, S = padded sequence count, P = pages per sequence):
       q: `[T, Hq, D]` queries, flattened ragged; sequence s owns rows `cu_q_lens[s]:cu_q_lens[s+1]`.
       k, v: `[T, Hkv, D]` the step's new keys/values (same rows as q), `Hq % Hkv == 0` (GQA).
-      kv_cache: `[num_pages, page_size, 2 * Hkv, D_padded]` from `kv_cache_shape`, stored as `kv_cache_spec`
-        says (the reference backend packs 16-bit floats into 32-bit words; it also takes them as floats);
-        donated.
+      kv_cache: one layer's cache as `kv_cache_spec` gives it for the backend: `[num_pages, page_size,
+        2 * Hkv, D_padded]` values (`kv_cache_shape`) for the Pallas backends, the reference backend's own
+        layout for it (`storage`); `store_kv_cache` converts values to it. Donated.
       kv_lens: `i32[S]` sequence length after this step (cached + new); 0 marks a padded sequence.
       page_indices: `i32[S, P]`; position p of sequence s lives in page `page_indices[s, p // page_size]`,
         slot `p % page_size`. Page 0 is the null page and never holds real tokens.
@@ -55,7 +52,7 @@ def ragged_paged_attention(
       `(out [T, Hq, D] in q's dtype, zeros on padding rows, updated kv_cache)`. Softmax runs in float32.
     """
     resolved = resolve_backend(backend)
-    _check_contract(q, k, v, kv_cache, kv_lens, page_indices, cu_q_lens, num_seqs)
+    _check_contract(q, k, v, kv_cache, kv_lens, page_indices, cu_q_lens, num_seqs, resolved)
     impl = importlib.import_module(f"tpuserve.kernels.ragged_paged_attention.{resolved}")
     return impl.ragged_paged_attention(
         q, k, v, kv_cache, kv_lens, page_indices, cu_q_lens, num_seqs,
@@ -65,7 +62,7 @@ def ragged_paged_attention(
 
 def _check_contract(
     q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array, kv_lens: jax.Array,
-    page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array,
+    page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array, backend: str,
 ) -> None:
     """Static shape/dtype checks, so contract violations fail with a clear message instead of deep in XLA."""
     if q.ndim != 3 or k.ndim != 3:
@@ -76,12 +73,7 @@ def _check_contract(
         raise KernelInputError(f"k, v must be [T={num_tokens}, Hkv, D={head_dim}], got k{k.shape} v{v.shape}")
     if num_heads % num_kv_heads:
         raise KernelInputError(f"query heads {num_heads} must be a multiple of kv heads {num_kv_heads}")
-    if kv_cache.ndim != 4 or kv_cache.shape[2] != 2 * num_kv_heads or (
-        kv_cache.shape[3] * values_per_element(kv_cache.dtype) < head_dim
-    ):
-        raise KernelInputError(
-            f"kv_cache must be [pages, page_size, {2 * num_kv_heads}, >={head_dim}], got {kv_cache.shape}"
-        )
+    _check_cache(kv_cache, num_kv_heads, head_dim, backend)
     num_seqs_padded = kv_lens.shape[0] if kv_lens.ndim == 1 else -1
     expected = {
         "kv_lens": (kv_lens, (num_seqs_padded,)),
@@ -95,4 +87,24 @@ def _check_contract(
         raise KernelInputError(
             f"page_indices must be int32[{num_seqs_padded}, pages_per_seq], "
             f"got {page_indices.dtype}{list(page_indices.shape)}"
+        )
+
+
+def _check_cache(kv_cache: jax.Array, num_kv_heads: int, head_dim: int, backend: str) -> None:
+    """The reference backend takes exactly its storage layout; Pallas ones `[pages, page, 2 * Hkv, >= D]`."""
+    if backend == "reference":
+        page_size = reference_page_size(kv_cache, head_dim) if kv_cache.ndim == 4 else 0
+        value_dtype = kv_cache_value_dtype(kv_cache.dtype)
+        want = kv_cache_spec(kv_cache.shape[0], max(page_size, 1), num_kv_heads, head_dim, value_dtype,
+                             backend=backend)
+        if page_size and (kv_cache.shape, kv_cache.dtype) == (want.shape, want.dtype):
+            return
+        raise KernelInputError(
+            f"kv_cache must be the reference backend's storage ({want.dtype}[pages, 2, {num_kv_heads}, "
+            f"page_size * {want.shape[-1] // max(page_size, 1)}], see kv_cache_spec), got "
+            f"{kv_cache.dtype}{list(kv_cache.shape)}"
+        )
+    if kv_cache.ndim != 4 or kv_cache.shape[2] != 2 * num_kv_heads or kv_cache.shape[3] < head_dim:
+        raise KernelInputError(
+            f"kv_cache must be [pages, page_size, {2 * num_kv_heads}, >={head_dim}], got {kv_cache.shape}"
         )

@@ -1,10 +1,10 @@
 """GPU backend of ragged paged attention: KV-cache write plus Pallas (Triton) attention kernels.
 
-The step's new K/V are written with one XLA scatter (`reference.write_kv`, shared with the reference
-backend) inside the same jitted function, before the attention kernel runs. With the cache donated,
-XLA performs the scatter in place, so this costs one small [T, 2*Hkv, D] write rather than a cache
-copy; fusing it into the Triton kernels would save a launch but force programs to order writes
-against other programs' reads of the same pages. Padding rows are aimed past the cache and dropped.
+The step's new K/V are written with one XLA scatter (`layout.write_kv`) inside the same jitted function,
+before the attention kernel runs. With the cache donated, XLA performs the scatter in place, so this costs
+one small [T, 2*Hkv, D] write rather than a cache copy; fusing it into the Triton kernels would save a
+launch but force programs to order writes against other programs' reads of the same pages. Padding rows are
+aimed past the cache and dropped.
 
 Attention then runs one of two kernels, chosen statically so batch composition never recompiles:
 `decode_only=True` (set by the engine for decode-only buckets) uses the split-K decode kernel,
@@ -20,8 +20,7 @@ import jax.numpy as jnp
 
 from tpuserve.kernels.ragged_paged_attention.gpu_decode import decode_attention
 from tpuserve.kernels.ragged_paged_attention.gpu_prefill import prefill_attention
-from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError
-from tpuserve.kernels.ragged_paged_attention.reference import write_kv
+from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError, write_kv
 
 
 class UnsupportedShapeError(KernelInputError):

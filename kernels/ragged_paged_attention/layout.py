@@ -1,11 +1,19 @@
 """KV cache layout and slot arithmetic: the single place that decides where a token's K/V live.
 
-Every backend and the model's cache allocator go through `kv_cache_shape`, so a layout change (e.g. TPU lane
-padding) is made here once. The slot helpers are jit-friendly: batch composition stays in device arrays.
+Every backend and the model's cache allocator go through `kv_cache_spec`, so a layout change (e.g. TPU lane
+padding, the reference backend's own storage) is made here once. The slot helpers are jit-friendly: batch
+composition stays in device arrays.
 """
 
 import jax
 import jax.numpy as jnp
+
+from tpuserve.kernels.ragged_paged_attention.storage import (
+    from_reference_cache,
+    reference_cache_spec,
+    storage_dtype,
+    to_reference_cache,
+)
 
 BACKENDS = ("reference", "gpu", "tpu")
 TPU_LANES = 128
@@ -32,70 +40,42 @@ def padded_head_dim(head_dim: int, backend: str) -> int:
     return head_dim
 
 
-# How the reference backend stores 16-bit floats: as integers, two values per 32-bit word (one per 16-bit
-# integer when the padded head dim is odd). Integers, because XLA:CPU runs every in-place update of a
-# 16-bit float buffer by converting the WHOLE buffer to float32 and back (45 ms for one 64-row scatter into
-# a 71 MB layer cache; 0.01 ms on integers). Words, because its gather copies element by element: the page
-# gathers of a 64-row decode step took 17.8 instead of 27.0 ms (thread time) on 32-bit words. The integer
-# types are distinct per float type, so a cache array's dtype says which floats it holds.
-_WORDS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint32), jnp.dtype(jnp.float16): jnp.dtype(jnp.int32)}
-_HALVES = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16), jnp.dtype(jnp.float16): jnp.dtype(jnp.int16)}
-_FLOATS = {stored: value for table in (_WORDS, _HALVES) for value, stored in table.items()}
-
-
 def kv_cache_spec(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, dtype: jnp.dtype, *, backend: str
 ) -> jax.ShapeDtypeStruct:
     """Shape and dtype of one layer's cache array holding `dtype` values, as `backend` stores them.
 
-    Pallas backends store the `kv_cache_shape` layout in `dtype`; the reference backend stores 16-bit floats
-    packed into integers (`pack_kv`), so its last dim counts words.
+    Pallas backends store the `kv_cache_shape` layout in `dtype`; the reference backend has its own layout
+    (`storage.reference_cache_spec`: head blocks per page, K position-minor, 16-bit floats packed in words).
     """
+    if resolve_backend(backend) == "reference":
+        return reference_cache_spec(num_pages, page_size, num_kv_heads, head_dim, dtype)
     shape = kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim, backend=backend)
-    dtype = jnp.dtype(dtype)
-    if resolve_backend(backend) != "reference" or dtype not in _WORDS:
-        return jax.ShapeDtypeStruct(shape, dtype)
-    if shape[-1] % 2:
-        return jax.ShapeDtypeStruct(shape, _HALVES[dtype])
-    return jax.ShapeDtypeStruct((*shape[:-1], shape[-1] // 2), _WORDS[dtype])
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
 
 
-def kv_cache_value_dtype(storage_dtype: jnp.dtype) -> jnp.dtype:
-    """The dtype of the values held by a cache array of `storage_dtype` (see `kv_cache_spec`)."""
-    return _FLOATS.get(jnp.dtype(storage_dtype), jnp.dtype(storage_dtype))
+def store_kv_cache(values: jax.Array, head_dim: int, *, backend: str) -> jax.Array:
+    """Values in the `kv_cache_shape` layout -> the cache array `backend` takes (`kv_cache_spec`).
 
-
-def values_per_element(storage_dtype: jnp.dtype) -> int:
-    """How many values one element of a cache array of `storage_dtype` holds (2 for packed words)."""
-    return jnp.dtype(storage_dtype).itemsize // kv_cache_value_dtype(storage_dtype).itemsize
-
-
-def pack_kv(values: jax.Array, storage_dtype: jnp.dtype) -> jax.Array:
-    """`[..., D]` values -> `[..., D / values_per_element]` elements of `storage_dtype` (bits unchanged)."""
-    count = values_per_element(storage_dtype)
-    values = values.astype(kv_cache_value_dtype(storage_dtype))
-    if count > 1:
-        values = values.reshape(*values.shape[:-1], values.shape[-1] // count, count)
-    return jax.lax.bitcast_convert_type(values, storage_dtype)
-
-
-def unpack_kv(stored: jax.Array) -> jax.Array:
-    """Inverse of `pack_kv`: the values, `[..., D]`, in `kv_cache_value_dtype(stored.dtype)`.
-
-    Words split through their 16-bit integer halves: a direct word-to-float bitcast ran slower on XLA:CPU.
+    For tests and tools that build a cache by hand; the engine allocates caches directly in storage form.
     """
-    value = kv_cache_value_dtype(stored.dtype)
-    if values_per_element(stored.dtype) > 1:
-        halves = jax.lax.bitcast_convert_type(stored, _HALVES[value])
-        stored = halves.reshape(*stored.shape[:-1], -1)
-    return jax.lax.bitcast_convert_type(stored, value)
+    if resolve_backend(backend) == "reference":
+        return to_reference_cache(values, head_dim, storage_dtype(values.dtype, head_dim))
+    return values
+
+
+def load_kv_cache(stored: jax.Array, head_dim: int, *, backend: str) -> jax.Array:
+    """Inverse of `store_kv_cache`: a backend's cache array -> its values in the `kv_cache_shape` layout."""
+    if resolve_backend(backend) == "reference":
+        return from_reference_cache(stored, head_dim)
+    return stored
 
 
 def kv_cache_shape(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, *, backend: str
 ) -> tuple[int, ...]:
-    """Layout of one layer's cache values: `[num_pages, page_size, 2 * Hkv, D_padded]`, K/V interleaved per
-    head (the reference backend packs the last dim into words: `kv_cache_spec`).
+    """The Pallas backends' layout of one layer's cache, `[num_pages, page_size, 2 * Hkv, D_padded]`: K/V
+    interleaved per head (the reference backend stores its own layout: `kv_cache_spec`).
 
     Index `2h` holds K of head h and `2h + 1` its V, so one contiguous read fetches a head's K and V and
     sharding the head axis keeps each pair together. Page 0 is the reserved null page.
@@ -144,3 +124,16 @@ def cache_slots(
     pages = page_indices[seq_ids, page_col]
     slots = pages * page_size + positions % page_size
     return jnp.where(valid, slots, num_pages * page_size).astype(jnp.int32)
+
+
+def write_kv(
+    kv_cache: jax.Array, k: jax.Array, v: jax.Array, kv_lens: jax.Array, page_indices: jax.Array,
+    cu_q_lens: jax.Array, num_seqs: jax.Array,
+) -> jax.Array:
+    """Scatter the step's K/V into a `kv_cache_shape` cache: one `mode="drop"` scatter drops padding rows."""
+    num_pages, page_size, _, padded_dim = kv_cache.shape
+    seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
+    slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
+    rows = interleave_kv(k, v, padded_dim).astype(kv_cache.dtype)
+    flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:]).at[slots].set(rows, mode="drop")
+    return flat.reshape(kv_cache.shape)

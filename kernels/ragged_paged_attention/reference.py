@@ -5,9 +5,11 @@ Shape of the computation (all batch composition stays in device arrays, so one c
   2. Query rows are cut into *work items*: up to `block_q` consecutive rows of ONE sequence, so an item's
      rows share the same pages and each KV block is gathered once per item, not once per token. Decode rows
      (q_len == 1) and prefill rows use different `block_q`, so decode wastes no compute on padded rows.
-  3. Items run in groups; per group an online-softmax (flash-style) loop walks KV blocks of `kv_block`
-     tokens. Both loops have dynamic trip counts (real items, the group's longest causal/window range), so
-     work scales with the batch's real context, never with `pages_per_seq` or the padded batch.
+  3. Items run in groups; per group an online-softmax (flash-style) loop walks the items' pages, one page
+     per iteration: the cache's own layout (`storage`) makes a gathered page the dots' operands as it is,
+     so pages of ~64 tokens suit this backend (`EngineConfig` picks 64 on CPU). Both loops have dynamic
+     trip counts (real items, the group's longest causal/window range), so work scales with the batch's
+     real context, never with `pages_per_seq` or the padded batch.
 """
 
 import dataclasses
@@ -18,14 +20,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tpuserve.kernels.ragged_paged_attention.layout import (
-    cache_slots,
-    interleave_kv,
+from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, token_positions
+from tpuserve.kernels.ragged_paged_attention.storage import (
     kv_cache_value_dtype,
-    pack_kv,
-    token_positions,
-    unpack_kv,
-    values_per_element,
+    pack_rows,
+    page_kv,
+    page_offsets,
+    reference_page_size,
 )
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
@@ -41,11 +42,11 @@ class _Pass:
     decode: bool  # True: sequences with exactly one new token; False: all longer ones
     block_q: int  # query rows per work item
     group: int  # work items per outer-loop iteration
-    kv_block: int  # KV tokens per inner-loop iteration (rounded to whole pages)
+    pages: int  # KV pages per inner-loop iteration
 
 
-DECODE_PASS = _Pass(decode=True, block_q=1, group=64, kv_block=64)
-PREFILL_PASS = _Pass(decode=False, block_q=32, group=4, kv_block=128)
+DECODE_PASS = _Pass(decode=True, block_q=1, group=64, pages=1)
+PREFILL_PASS = _Pass(decode=False, block_q=64, group=4, pages=2)
 
 
 class _Items(NamedTuple):
@@ -63,13 +64,17 @@ def write_kv(
     cu_q_lens: jax.Array, num_seqs: jax.Array,
 ) -> jax.Array:
     """Scatter the step's K/V into their page slots with one `mode="drop"` scatter (padding is dropped)."""
-    num_pages, page_size, _, stored_dim = kv_cache.shape
+    num_pages = kv_cache.shape[0]
+    num_kv_heads, head_dim = k.shape[1:]
+    page_size = reference_page_size(kv_cache, head_dim)
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
-    padded_dim = stored_dim * values_per_element(kv_cache.dtype)
-    rows = pack_kv(interleave_kv(k, v, padded_dim), kv_cache.dtype)  # as stored (`layout.kv_cache_spec`)
-    flat = kv_cache.reshape(num_pages * page_size, *kv_cache.shape[2:]).at[slots].set(rows, mode="drop")
-    return flat.reshape(kv_cache.shape)
+    offsets = page_offsets(num_kv_heads, head_dim, page_size, kv_cache.dtype)[..., slots % page_size]
+    rows = pack_rows(jnp.stack([k, v], axis=1), kv_cache.dtype)  # [T, 2, Hkv, E]
+    pages = kv_cache.reshape(num_pages, -1)
+    page = (slots // page_size)[:, None, None, None]  # the padding rows' page is one past the cache: dropped
+    pages = pages.at[page, jnp.moveaxis(offsets, -1, 0)].set(rows, mode="drop")
+    return pages.reshape(kv_cache.shape)
 
 
 def _make_items(
@@ -103,33 +108,32 @@ def _dot_dtype(q: jax.Array, kv_cache: jax.Array, spec: _Pass) -> jnp.dtype:
     return jnp.dtype(jnp.float32)
 
 
-def _gather_kv_block(
-    kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, block: jax.Array, kv_block: int,
-    head_dim: int, dtype: jnp.dtype,
+def _gather_page(
+    kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, block: jax.Array, head_dim: int,
+    dtype: jnp.dtype,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """K `[G, Hkv, D, kv_block]`, V `[G, kv_block, Hkv, D]` (in DTYPE) of block `block[g]` of `seq[g]`.
+    """K `[G, Hkv, D, page_size]`, V `[G, Hkv, page_size, D]` (in DTYPE) and positions of page `block[g]` of
+    `seq[g]`: one gather, no transposes (the storage layout holds K position-minor)."""
+    page_size = reference_page_size(kv_cache, head_dim)
+    pages = page_indices[seq, jnp.clip(block, 0, page_indices.shape[1] - 1)]
+    k, v = page_kv(kv_cache[pages], head_dim)
+    positions = block[:, None] * page_size + jnp.arange(page_size)
+    return k.astype(dtype), v.astype(dtype), positions
 
-    K comes transposed (positions minor): XLA:CPU runs `q @ K` as fast batched GEMMs in that layout and as
-    slow per-row dot products in the cache's own layout.
-    """
-    page_size = kv_cache.shape[1]
-    pages_per_block = kv_block // page_size
-    cols = block[:, None] * pages_per_block + jnp.arange(pages_per_block)
-    cols = jnp.clip(cols, 0, page_indices.shape[1] - 1)
-    kv = kv_cache[page_indices[seq[:, None], cols]]  # [G, pages_per_block, page_size, 2*Hkv, D_pad]
-    kv = unpack_kv(kv).astype(dtype)
-    kv = kv.reshape(seq.shape[0], kv_block, kv.shape[3] // 2, 2, kv.shape[4])[..., :head_dim]
-    positions = block[:, None] * kv_block + jnp.arange(kv_block)
-    return jnp.transpose(kv[:, :, :, 0], (0, 2, 3, 1)), kv[:, :, :, 1], positions
+
+def _dot(subscripts: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(subscripts, a, b, precision=HIGHEST, preferred_element_type=jnp.float32)
 
 
 def _attend_group(
-    q: jax.Array, kv_cache: jax.Array, page_indices: jax.Array, items: _Items, spec: _Pass, kv_block: int, *,
+    q: jax.Array, kv_cache: jax.Array, page_indices: jax.Array, items: _Items, spec: _Pass, *,
     sm_scale: float, sliding_window: int | None, soft_cap: float | None,
 ) -> tuple[jax.Array, jax.Array]:
     """Flash-style attention of one group of items; returns (out `[G, block_q, Hq, D]`, destination rows)."""
     num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads = kv_cache.shape[2] // 2
+    num_kv_heads = kv_cache.shape[2]
+    page_size = reference_page_size(kv_cache, head_dim)
+    kv_block = spec.pages * page_size
     offsets = jnp.arange(spec.block_q)
     q_rows = items.row[:, None] + offsets
     dot_dtype = _dot_dtype(q, kv_cache, spec)
@@ -146,10 +150,11 @@ def _attend_group(
 
     def kv_step(i: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         m, denom, acc = carry
-        k_blk, v_blk, kv_pos = _gather_kv_block(kv_cache, page_indices, items.seq, first_block + i, kv_block,
-                                                head_dim, dot_dtype)
-        s = sm_scale * jnp.einsum("gbhrd,ghdk->ghbrk", q_blk, k_blk, precision=HIGHEST,
-                                  preferred_element_type=jnp.float32)
+        pages = [_gather_page(kv_cache, page_indices, items.seq, (first_block + i) * spec.pages + j, head_dim,
+                              dot_dtype) for j in range(spec.pages)]
+        k_pages, v_pages, positions = zip(*pages, strict=True)
+        s = sm_scale * jnp.concatenate([_dot("gbhrd,ghdk->ghbrk", q_blk, k) for k in k_pages], axis=-1)
+        kv_pos = jnp.concatenate(positions, axis=-1)
         if soft_cap:
             s = soft_cap * jnp.tanh(s / soft_cap)
         visible = kv_pos[:, None, :] <= q_pos[:, :, None]
@@ -159,8 +164,8 @@ def _attend_group(
         m_new = jnp.maximum(m, s.max(axis=-1))
         p = jnp.exp(s - m_new[..., None])
         rescale = jnp.exp(m - m_new)
-        pv = jnp.einsum("ghbrk,gkhd->ghbrd", p.astype(dot_dtype), v_blk, precision=HIGHEST,
-                        preferred_element_type=jnp.float32)
+        p_pages = jnp.split(p.astype(dot_dtype), spec.pages, axis=-1)
+        pv = sum(_dot("ghbrk,ghkd->ghbrd", p_page, v) for p_page, v in zip(p_pages, v_pages, strict=True))
         acc = acc * rescale[..., None] + pv
         return m_new, denom * rescale + p.sum(axis=-1), acc
 
@@ -178,8 +183,6 @@ def _attend_pass(
     """Run every work item of one pass, `spec.group` items per iteration, writing rows into `out`."""
     num_tokens = q.shape[0]
     num_seqs_padded = kv_lens.shape[0]
-    page_size, pages_per_seq = kv_cache.shape[1], page_indices.shape[1]
-    kv_block = page_size * max(1, min(pages_per_seq, spec.kv_block // page_size))
     if spec.decode:
         bound = min(num_tokens, num_seqs_padded)
     else:
@@ -192,7 +195,7 @@ def _attend_pass(
     def group_step(g: jax.Array, out: jax.Array) -> jax.Array:
         sliced = (lax.dynamic_slice_in_dim(a, g * group, group) for a in items[:-1])
         group_items = _Items(*sliced, items.count)
-        rows_out, dest = _attend_group(q, kv_cache, page_indices, group_items, spec, kv_block, **attn_kwargs)
+        rows_out, dest = _attend_group(q, kv_cache, page_indices, group_items, spec, **attn_kwargs)
         return out.at[dest].set(rows_out.astype(out.dtype), mode="drop")
 
     return lax.fori_loop(0, -(-items.count // group), group_step, out)

@@ -73,7 +73,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument(
         "--max-num-batched-tokens", type=int, default=512, help="tokens per step (default: 512)"
     )
-    engine.add_argument("--page-size", type=int, default=16, help="tokens per KV-cache page (default: 16)")
+    engine.add_argument("--page-size", type=int, default=None,
+                        help="tokens per KV-cache page (default: 64 on CPU, 16 on accelerators)")
     engine.add_argument("--kv-cache-memory", type=memory_size, metavar="SIZE", help="KV-cache size, e.g. 4G")
     engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
     engine.add_argument(

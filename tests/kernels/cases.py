@@ -2,16 +2,19 @@
 
 A `CaseSpec` names a batch shape (per-sequence cached-prefix and new-token counts plus padding); `make_case`
 turns it into fresh random numpy inputs, seeded per case. The cache starts random (never zeros), page 0 and
-spare pages included, so tests catch writes to the wrong slot and reads of stale slots.
+spare pages included, so tests catch writes to the wrong slot and reads of stale slots. The cache is built
+in the Pallas layout (`kv_cache_shape`); `args_for` converts it to what a backend stores.
 """
 
 import dataclasses
 import zlib
 
+import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from tpuserve.kernels import kv_cache_shape
+from tpuserve.kernels import kv_cache_shape, load_kv_cache, store_kv_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,16 @@ class RaggedCase:
     def args(self) -> tuple[np.ndarray, ...]:
         return (self.q, self.k, self.v, self.kv_cache, self.kv_lens, self.page_indices, self.cu_q_lens,
                 self.num_seqs)
+
+    def args_for(self, backend: str) -> tuple[jax.Array, ...]:
+        """`args()` as fresh device arrays, the cache as BACKEND stores it (`store_kv_cache`)."""
+        args = [jnp.asarray(a) for a in self.args()]
+        args[3] = store_kv_cache(args[3], self.spec.head_dim, backend=backend)
+        return tuple(args)
+
+    def cache_values(self, cache: jax.Array, backend: str) -> np.ndarray:
+        """A cache array BACKEND returned, as values in the layout of `kv_cache` (`load_kv_cache`)."""
+        return np.asarray(load_kv_cache(cache, self.spec.head_dim, backend=backend))
 
     def kwargs(self) -> dict:
         return {"sm_scale": self.spec.head_dim ** -0.5, "sliding_window": self.spec.sliding_window,

@@ -15,10 +15,10 @@ from tpuserve.kernels import (
     kv_cache_shape,
     kv_cache_spec,
     kv_cache_value_dtype,
-    pack_kv,
+    load_kv_cache,
     ragged_paged_attention,
     resolve_backend,
-    unpack_kv,
+    store_kv_cache,
 )
 from tpuserve.kernels.ragged_paged_attention import reference
 
@@ -31,16 +31,13 @@ COMPOSITIONS = (
     CaseSpec("full", cached=(1, 2, 3, 4, 5, 6, 7, 8), new=(4, 4, 4, 4, 4, 4, 4, 4), bucket=BUCKET),
 )
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-def _device_args(case) -> tuple[jax.Array, ...]:
-    return tuple(jax.device_put(a) for a in case.args())
+REFERENCE_CACHE = "kv_cache must be the reference backend's storage"
 
 
 def _assert_matches_oracle(case, out: jax.Array, cache: jax.Array) -> None:
     want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
     np.testing.assert_allclose(np.asarray(out, np.float64), want_out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(cache), want_cache)
+    np.testing.assert_array_equal(case.cache_values(cache, "reference"), want_cache)
 
 
 @pytest.fixture
@@ -68,7 +65,7 @@ def test_auto_picks_reference_on_cpu(monkeypatch):
 
     monkeypatch.setattr(reference, "ragged_paged_attention", spy)
     case = make_case(COMPOSITIONS[0])
-    assert ragged_paged_attention(*case.args(), **case.kwargs()) == ("out", "kv")
+    assert ragged_paged_attention(*case.args_for("reference"), **case.kwargs()) == ("out", "kv")
     assert calls == [{**case.kwargs(), "interpret": False}]
 
 
@@ -86,41 +83,69 @@ def test_unknown_backend_is_rejected():
         ("cu_q_lens", np.zeros(8, np.int32), r"cu_q_lens must be int32\[9\]"),
         ("num_seqs", np.zeros(2, np.int32), "num_seqs"),
         ("page_indices", np.zeros((7, 8), np.int32), "page_indices"),
-        ("kv_cache", np.zeros((48, 16, 2, 64), np.float32), "kv_cache must be"),
+        ("kv_cache", np.zeros((48, 16, 4, 64), np.float32), REFERENCE_CACHE),
+        ("kv_cache", np.zeros((48, 2, 3, 16 * 64), np.float32), REFERENCE_CACHE),
+        ("kv_cache", np.zeros((48, 2, 2, 1000), np.float32), REFERENCE_CACHE),
+        ("kv_cache", jnp.zeros((48, 2, 2, 16 * 64), jnp.bfloat16), REFERENCE_CACHE),
     ],
 )
 def test_contract_violations_raise(field, bad, message):
-    case = dataclasses.replace(make_case(COMPOSITIONS[0]), **{field: bad})
+    """Each bad argument in an otherwise valid reference call; the Pallas cache layout is one of them."""
+    case = make_case(COMPOSITIONS[0])
+    args = list(case.args_for("reference"))
+    args[[f.name for f in dataclasses.fields(case)][1:].index(field)] = bad
     with pytest.raises(KernelInputError, match=message):
-        ragged_paged_attention(*case.args(), **case.kwargs(), backend="reference")
+        ragged_paged_attention(*args, **case.kwargs(), backend="reference")
 
 
-def test_only_the_reference_backend_packs_16_bit_floats_into_integers():
+def test_pallas_backends_check_their_cache_layout():
+    case = make_case(COMPOSITIONS[0])
+    args = list(case.args())
+    args[3] = np.zeros((48, 16, 2, 64), np.float32)
+    with pytest.raises(KernelInputError, match=r"kv_cache must be \[pages, page_size, 4, >=64\]"):
+        ragged_paged_attention(*args, **case.kwargs(), backend="gpu", interpret=True)
+
+
+def test_reference_storage_layout():
+    """Head blocks per page (K position-minor), 16-bit floats as integers: two per 32-bit word along D, one
+    per 16-bit integer for an odd D; float32 as it is. Pallas backends store `kv_cache_shape` in the dtype."""
     for value, word, half in ((jnp.bfloat16, jnp.uint32, jnp.uint16), (jnp.float16, jnp.int32, jnp.int16)):
         assert kv_cache_spec(10, 16, 3, 64, value, backend="reference") == jax.ShapeDtypeStruct(
-            (10, 16, 6, 32), word)
+            (10, 2, 3, 16 * 32), word)
         assert kv_cache_spec(10, 16, 3, 5, value, backend="reference") == jax.ShapeDtypeStruct(
-            (10, 16, 6, 5), half)
+            (10, 2, 3, 16 * 5), half)
         assert kv_cache_value_dtype(jnp.dtype(word)) == kv_cache_value_dtype(jnp.dtype(half)) == value
         for backend in ("gpu", "tpu"):
             shape = kv_cache_shape(10, 16, 3, 64, backend=backend)
             assert kv_cache_spec(10, 16, 3, 64, value, backend=backend) == jax.ShapeDtypeStruct(shape, value)
     assert kv_cache_spec(10, 16, 3, 64, jnp.float32, backend="reference") == jax.ShapeDtypeStruct(
-        (10, 16, 6, 64), jnp.float32)
+        (10, 2, 3, 16 * 64), jnp.float32)
     assert kv_cache_value_dtype(jnp.dtype(jnp.float32)) == jnp.float32
 
 
-@pytest.mark.parametrize("storage", [jnp.uint32, jnp.int32, jnp.uint16, jnp.float32])
-def test_pack_kv_keeps_every_bit(storage):
-    """Packing two 16-bit values per word is a bit-for-bit reinterpretation, NaN payloads included."""
-    value = kv_cache_value_dtype(jnp.dtype(storage))
-    bits = np.random.default_rng(0).integers(0, 2**16, (3, 4, 6), dtype=np.uint16)
-    values = jnp.asarray(bits).view(value) if value.itemsize == 2 else jnp.asarray(bits, value)
-    packed = pack_kv(values, storage)
-    assert packed.dtype == storage
-    assert packed.shape == (3, 4, 6 * value.itemsize // jnp.dtype(storage).itemsize)
-    unpacked = unpack_kv(packed)
-    np.testing.assert_array_equal(np.asarray(unpacked).view(np.uint8), np.asarray(values).view(np.uint8))
+@pytest.mark.parametrize(("value", "head_dim"), [
+    (jnp.bfloat16, 6), (jnp.float16, 6), (jnp.bfloat16, 5), (jnp.float32, 6),
+])
+def test_reference_storage_keeps_every_bit_where_it_says(value, head_dim):
+    """`store_kv_cache` is a bit-for-bit rearrangement (NaN payloads included) that `load_kv_cache` undoes,
+    and K/V of (page, slot, head) land where the reference layout puts them."""
+    num_pages, page_size, num_kv_heads = 3, 4, 2
+    shape = (num_pages, page_size, 2 * num_kv_heads, head_dim)
+    bits = np.random.default_rng(0).integers(0, 2**16, shape, dtype=np.uint16)
+    values = jnp.asarray(bits).view(value) if jnp.dtype(value).itemsize == 2 else jnp.asarray(bits, value)
+    stored = store_kv_cache(values, head_dim, backend="reference")
+    spec = kv_cache_spec(num_pages, page_size, num_kv_heads, head_dim, value, backend="reference")
+    assert (stored.shape, stored.dtype) == (spec.shape, spec.dtype)
+    loaded = load_kv_cache(stored, head_dim, backend="reference")
+    np.testing.assert_array_equal(np.asarray(loaded).view(np.uint8), np.asarray(values).view(np.uint8))
+    per_element = stored.dtype.itemsize // values.dtype.itemsize
+    memory = np.asarray(stored).view(np.asarray(values).dtype).reshape(num_pages, 2, num_kv_heads, -1)
+    want = np.asarray(values)
+    for page, slot, head in ((2, 1, 1), (1, 3, 0)):
+        k = memory[page, 0, head].reshape(head_dim // per_element, page_size, per_element)[:, slot]
+        v = memory[page, 1, head].reshape(page_size, head_dim)[slot]
+        assert k.reshape(-1).tobytes() == want[page, slot, 2 * head].tobytes()
+        assert v.tobytes() == want[page, slot, 2 * head + 1].tobytes()
 
 
 def test_kv_cache_shape_pads_head_dim_only_for_tpu():
@@ -133,14 +158,16 @@ def test_kv_cache_shape_pads_head_dim_only_for_tpu():
 
 
 def test_batch_composition_never_recompiles(compile_count):
+    """After one call (and the test's own cache conversions) no composition compiles anything."""
     reference.ragged_paged_attention.clear_cache()
     first = make_case(COMPOSITIONS[0])
-    ragged_paged_attention(*_device_args(first), **first.kwargs(), backend="reference")
+    _assert_matches_oracle(first, *ragged_paged_attention(*first.args_for("reference"), **first.kwargs(),
+                                                          backend="reference"))
     warm = compile_count()
     assert warm >= 1
     for spec in COMPOSITIONS[1:]:
         case = make_case(spec)
-        out, cache = ragged_paged_attention(*_device_args(case), **case.kwargs(), backend="reference")
+        out, cache = ragged_paged_attention(*case.args_for("reference"), **case.kwargs(), backend="reference")
         _assert_matches_oracle(case, out, cache)
     assert compile_count() == warm
 
@@ -148,7 +175,7 @@ def test_batch_composition_never_recompiles(compile_count):
 def test_outer_jit_with_donated_cache():
     case = make_case(COMPOSITIONS[2])
     step = jax.jit(functools.partial(ragged_paged_attention, **case.kwargs()), donate_argnums=3)
-    args = _device_args(case)
+    args = case.args_for("reference")
     out, cache = step(*args)
     _assert_matches_oracle(case, out, cache)
     assert args[3].is_deleted()

@@ -1,22 +1,20 @@
 """Parity of the pure-JAX reference backend against the independent numpy dense oracle.
 
 Tolerances: float32 outputs within atol = rtol = 1e-5 of the float64 oracle (only summation order differs);
-bfloat16 outputs within atol = rtol = 1e-2 (one bf16 rounding of the output, ~4e-3 relative, plus
+bfloat16 and float16 outputs within atol = rtol = 1e-2 (one bf16 rounding of the output, ~4e-3 relative, plus
 float32 accumulation). The cache after the write must match the oracle's expected cache bit for bit.
 """
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.kernels.cases import STANDARD, CaseSpec, make_case, random_spec
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import kv_cache_spec, pack_kv, unpack_kv
 from tpuserve.kernels.ragged_paged_attention import reference
 
-TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
 
 # Cases padded to one bucket share a compile: compiles, not math, dominate this file's run time.
 BUCKET = (256, 8, 16, 96)
@@ -32,8 +30,10 @@ VARIANTS = [
     _bucketed(CaseSpec("long_prefill_groups", cached=(0, 20), new=(150, 1))),
     *(_bucketed(spec, name=f"{spec.name}_bf16", dtype="bfloat16")
       for spec in (*STANDARD[2:], random_spec(3))),
-    CaseSpec("mha_ratio1_tpu_layout", cached=(30, 0, 12), new=(1, 20, 5), num_heads=3, num_kv_heads=3,
-             layout_backend="tpu"),
+    # 16-bit floats are stored as integers: two per 32-bit word, or one per 16-bit integer for an odd D.
+    _bucketed(random_spec(4), name="float16_words", dtype="float16"),
+    _bucketed(random_spec(5), name="bf16_odd_head_dim", dtype="bfloat16", head_dim=5),
+    CaseSpec("mha_ratio1", cached=(30, 0, 12), new=(1, 20, 5), num_heads=3, num_kv_heads=3),
     CaseSpec("gqa_ratio3_soft_cap", cached=(40, 0, 70), new=(1, 33, 1), num_heads=9, num_kv_heads=3,
              soft_cap=2.0),
     CaseSpec("sliding_window", cached=(150, 0, 40), new=(1, 45, 9), sliding_window=24),
@@ -57,8 +57,8 @@ def run(request):
     """(case, oracle out, oracle cache, backend out, backend cache) for one variant, shared by the tests."""
     case = make_case(request.param)
     want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
-    got_out, got_cache = reference.ragged_paged_attention(*map(jnp.asarray, case.args()), **case.kwargs())
-    return case, want_out, want_cache, np.asarray(got_out), np.asarray(got_cache)
+    got_out, got_cache = reference.ragged_paged_attention(*case.args_for("reference"), **case.kwargs())
+    return case, want_out, want_cache, np.asarray(got_out), case.cache_values(got_cache, "reference")
 
 
 def test_output_matches_dense_oracle(run):
@@ -87,28 +87,10 @@ def test_cache_write_is_bitwise_and_local(run):
 def test_write_lands_in_expected_slot():
     """The last decode token's K/V sit at `page_indices[s, p // page_size]`, slot `p % page_size`."""
     case = make_case(_bucketed(STANDARD[0]))
-    _, got_cache = reference.ragged_paged_attention(*map(jnp.asarray, case.args()), **case.kwargs())
+    _, got_cache = reference.ragged_paged_attention(*case.args_for("reference"), **case.kwargs())
     s, row = 2, int(case.cu_q_lens[3]) - 1
     pos = int(case.kv_lens[s]) - 1
     page, slot = int(case.page_indices[s, pos // case.spec.page_size]), pos % case.spec.page_size
-    kv = np.asarray(got_cache)[page, slot]
+    kv = case.cache_values(got_cache, "reference")[page, slot]
     np.testing.assert_array_equal(kv[0::2], case.k[row])
     np.testing.assert_array_equal(kv[1::2], case.v[row])
-
-
-@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 64), ("float16", 64), ("bfloat16", 5)])
-def test_16_bit_cache_packed_as_integers_computes_the_same(dtype: str, head_dim: int):
-    """The reference backend's storage of a 16-bit float cache (`kv_cache_spec`: two values per 32-bit word,
-    one per 16-bit integer for an odd head dim) gives the same output bits, and the same cache bits, as a
-    cache typed as the floats."""
-    case = make_case(_bucketed(random_spec(3), name="packed", dtype=dtype, head_dim=head_dim))
-    typed_out, typed_cache = reference.ragged_paged_attention(*map(jnp.array, case.args()), **case.kwargs())
-    spec = kv_cache_spec(*case.kv_cache.shape[:2], case.spec.num_kv_heads, head_dim, jnp.dtype(dtype),
-                         backend="reference")
-    args = list(map(jnp.array, case.args()))  # copies: the cache is donated
-    args[3] = pack_kv(args[3], spec.dtype)
-    assert args[3].shape == spec.shape
-    packed_out, packed_cache = reference.ragged_paged_attention(*args, **case.kwargs())
-    assert packed_cache.dtype == spec.dtype and jnp.issubdtype(spec.dtype, jnp.integer)
-    for packed, typed in ((packed_out, typed_out), (unpack_kv(packed_cache), typed_cache)):
-        np.testing.assert_array_equal(np.asarray(packed).view(np.uint16), np.asarray(typed).view(np.uint16))

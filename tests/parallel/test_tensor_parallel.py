@@ -15,6 +15,7 @@ import pytest
 
 from tests.parallel.checkpoints import COMMON, FAMILIES, write_family_checkpoint
 from tests.parallel.run_worker import run_worker
+from tpuserve.kernels import kv_cache_spec
 
 TOLERANCE = 1e-4
 # parameter name ending -> (sharded axis or None, what that axis counts)
@@ -73,10 +74,12 @@ def check_layout(name: str, tp: int, report: dict[str, Any]) -> None:
         if suffix in ("embedder.embedding", "lm_head.kernel"):
             assert layout["shape"][axis] == padded_vocab
     cache = report["kv_cache"]
-    assert cache["shape"][2] == 2 * kv_held and cache["num_devices"] == tp
+    # Axis 2 holds the KV heads in every backend's layout: 2 * Hkv K/V slots (Pallas), Hkv blocks (reference).
+    head_slots = kv_cache_spec(1, 16, kv_held, head_dim, np.float32, backend="auto").shape[2]
+    assert cache["shape"][2] == head_slots and cache["num_devices"] == tp
     if tp > 1:
         assert cache["spec"] == [None, None, "model", None]
-        assert cache["shard_shape"][2] == 2 * kv_held // tp
+        assert cache["shard_shape"][2] == head_slots // tp
 
 
 def check_same_model(reference: dict[str, Any], report: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -51,6 +52,19 @@ def test_one_batch_with_prefix_caching(loaded, prompts) -> None:
     outputs = llm.generate(prompts, GREEDY, use_tqdm=False)
     check_all(loaded, outputs, prompts)
     assert sum(o.num_cached_tokens for o in outputs) > 0, "shared prefixes should hit the prefix cache"
+    assert llm.engine.allocator.num_free_pages == llm.config.num_pages - 1
+
+
+def test_platform_default_page_size(loaded, prompts) -> None:
+    """The 8 prompts sharing a 300-token prefix at the platform's page size (64 tokens on CPU: up to 4 full
+    pages of the prefix are cached and shared, in whole pages)."""
+    llm = make_llm(loaded, page_size=None, num_pages=60)
+    assert llm.config.page_size == (64 if jax.default_backend() == "cpu" else 16)
+    shared = prompts[20:28]
+    outputs = llm.generate(shared, GREEDY, use_tqdm=False)
+    check_all(loaded, outputs, shared)
+    cached = [o.num_cached_tokens for o in outputs]
+    assert sum(cached) >= 256 and all(n % llm.config.page_size == 0 and n <= 256 for n in cached), cached
     assert llm.engine.allocator.num_free_pages == llm.config.num_pages - 1
 
 

@@ -31,6 +31,8 @@ def test_cpu_defaults_and_overrides() -> None:
     assert config.token_buckets == (1, 2, 4, 8, 16, 32)
     assert config.seq_buckets == (1, 2, 4)
     assert config.one_row_out_major is True
+    assert (config.page_size, config.pages_per_seq) == (64, 1)
+    assert EngineConfig(**CONFIG, page_size=16).pages_per_seq == 4
     wide = EngineConfig(**(CONFIG | {"max_num_seqs": 16}), min_token_bucket=16)
     assert (wide.token_buckets, wide.seq_buckets) == ((16, 32), (8, 16))
     assert EngineConfig(**CONFIG, one_row_out_major=False).one_row_out_major is False
