@@ -25,8 +25,8 @@ from tpuserve.kernels.ragged_paged_attention.storage import (
     kv_cache_value_dtype,
     pack_rows,
     page_kv,
-    page_offsets,
     reference_page_size,
+    row_offsets,
 )
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
@@ -63,17 +63,17 @@ def write_kv(
     kv_cache: jax.Array, k: jax.Array, v: jax.Array, kv_lens: jax.Array, page_indices: jax.Array,
     cu_q_lens: jax.Array, num_seqs: jax.Array,
 ) -> jax.Array:
-    """Scatter the step's K/V into their page slots with one `mode="drop"` scatter (padding is dropped)."""
+    """Scatter the step's K/V into their page slots with one `mode="drop"` scatter (padding rows aim one page
+    past the cache and are dropped)."""
     num_pages = kv_cache.shape[0]
-    num_kv_heads, head_dim = k.shape[1:]
+    head_dim = k.shape[-1]
     page_size = reference_page_size(kv_cache, head_dim)
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
-    offsets = page_offsets(num_kv_heads, head_dim, page_size, kv_cache.dtype)[..., slots % page_size]
     rows = pack_rows(jnp.stack([k, v], axis=1), kv_cache.dtype)  # [T, 2, Hkv, E]
+    offsets = row_offsets(slots % page_size, rows.shape[2], rows.shape[3], page_size)
     pages = kv_cache.reshape(num_pages, -1)
-    page = (slots // page_size)[:, None, None, None]  # the padding rows' page is one past the cache: dropped
-    pages = pages.at[page, jnp.moveaxis(offsets, -1, 0)].set(rows, mode="drop")
+    pages = pages.at[(slots // page_size)[:, None, None, None], offsets].set(rows, mode="drop")
     return pages.reshape(kv_cache.shape)
 
 

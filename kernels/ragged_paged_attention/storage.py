@@ -94,15 +94,15 @@ def page_kv(pages: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
     return jax.lax.bitcast_convert_type(halves, value), v
 
 
-def page_offsets(num_kv_heads: int, head_dim: int, page_size: int, storage: jnp.dtype) -> jax.Array:
-    """`i32[2, Hkv, E, page_size]`: where element e of head h's K (0) / V (1) row of slot t is in a page."""
-    row = head_dim // values_per_element(storage)
-    head = jnp.arange(num_kv_heads)[:, None, None] * page_size * row
-    element = jnp.arange(row)[:, None]
-    slot = jnp.arange(page_size)
+def row_offsets(slots: jax.Array, num_kv_heads: int, row: int, page_size: int) -> jax.Array:
+    """`i32[T, 2, Hkv, E]`: where element e of head h's K (0) / V (1) row for page slot `slots[t]` is in its
+    page (plain arithmetic: a table lookup here was a gather as slow as the scatter itself)."""
+    head = jnp.arange(num_kv_heads)[:, None] * page_size * row
+    element = jnp.arange(row)
+    slot = slots[:, None, None]
     k = head + element * page_size + slot
     v = num_kv_heads * page_size * row + head + slot * row + element
-    return jnp.stack([k, v]).astype(jnp.int32)
+    return jnp.stack([k, v], axis=1).astype(jnp.int32)
 
 
 def to_reference_cache(values: jax.Array, head_dim: int, storage: jnp.dtype) -> jax.Array:
