@@ -90,6 +90,10 @@ def hf_logits(model: PreTrainedModel, tokens: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(tokens).long()).logits.float().numpy()
 
 
+# Removed when the interpreter exits (the cached checkpoints are used until then).
+_CHECKPOINTS = tempfile.TemporaryDirectory(prefix="tpuserve-hf-parity-")
+
+
 @functools.cache
 def checkpoint(case: str) -> tuple[PreTrainedModel, HFCheckpoint]:
     """Builds, randomizes, saves and reloads one case; cached so the padding test can reuse one."""
@@ -97,7 +101,7 @@ def checkpoint(case: str) -> tuple[PreTrainedModel, HFCheckpoint]:
     torch.manual_seed(0)
     hf_model = build().eval()
     randomize(hf_model, seed=len(case))
-    directory = Path(tempfile.mkdtemp(prefix=f"tpuserve-{case}-"))
+    directory = Path(_CHECKPOINTS.name) / case
     hf_model.save_pretrained(directory, **save_kwargs)
     assert (directory / "model.safetensors.index.json").is_file() == bool(save_kwargs)
     return hf_model, load_hf_directory(directory, dtype=jnp.float32)
