@@ -5,9 +5,10 @@ Shape of the computation (all batch composition stays in device arrays, so one c
   2. Query rows are cut into *work items*: up to `block_q` consecutive rows of ONE sequence, so an item's
      rows share the same pages and each KV block is gathered once per item, not once per token. Decode rows
      (q_len == 1) and prefill rows use different `block_q`, so decode wastes no compute on padded rows.
-  3. Items run in groups; per group an online-softmax (flash-style) loop walks the items' pages, one page
-     per iteration: the cache's own layout (`storage`) makes a gathered page the dots' operands as it is,
-     so pages of ~64 tokens suit this backend (`EngineConfig` picks 64 on CPU). Both loops have dynamic
+  3. Items run in groups; per group an online-softmax (flash-style) loop walks the items' pages (one page
+     per iteration for decode items, two for prefill ones): the cache's own layout (`storage`) makes a
+     gathered page the dots' operands as it is, so pages of ~64 tokens suit this backend (`EngineConfig`
+     picks 64 on CPU; measured choices: docs/performance.md, ninth session). Both loops have dynamic
      trip counts (real items, the group's longest causal/window range), so work scales with the batch's
      real context, never with `pages_per_seq` or the padded batch.
 """
