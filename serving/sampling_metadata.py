@@ -75,13 +75,13 @@ class SamplingMetadata(NamedTuple):
             output_len=column(output_lens, np.int32, 0),
             record=column([True] * n if record is None else record, bool, False),
             temperature=column([p.temperature for p in params], np.float32, 0.0),
-            top_k=column([p.top_k for p in params], np.int32, 0),
+            top_k=column([min(p.top_k, INT32_MAX) for p in params], np.int32, 0),
             top_p=column([p.top_p for p in params], np.float32, 1.0),
             min_p=column([p.min_p for p in params], np.float32, 0.0),
             presence_penalty=column([p.presence_penalty for p in params], np.float32, 0.0),
             frequency_penalty=column([p.frequency_penalty for p in params], np.float32, 0.0),
             repetition_penalty=column([p.repetition_penalty for p in params], np.float32, 1.0),
-            min_tokens=column([p.min_tokens for p in params], np.int32, 0),
+            min_tokens=column([min(p.min_tokens, INT32_MAX) for p in params], np.int32, 0),
             num_logprobs=column([-1 if p.logprobs is None else p.logprobs for p in params], np.int32, -1),
             has_bias=column([bool(p.logit_bias) or p.allowed_token_ids is not None for p in params], bool,
                             False),
@@ -90,6 +90,12 @@ class SamplingMetadata(NamedTuple):
                 [SEEDED_STREAM if s else ENGINE_STREAM for s in seeded], np.uint32, ENGINE_STREAM
             ),
         )
+
+
+# Clamp for knobs with no upper bound (vLLM has none): a top_k at least the vocabulary keeps every token and
+# a min_tokens past the context is never reached, so the clamp changes nothing; an unclamped one overflowed
+# the int32 column and killed the engine thread (found by tests/serving/api/test_fuzz.py).
+INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _split_words(seed: int) -> tuple[int, int]:

@@ -186,3 +186,17 @@ def test_admit_rejects_token_ids_outside_the_vocabulary() -> None:
     with pytest.raises(SamplingParamsError) as err:
         admit(state, 0, SamplingParams(logit_bias={VOCAB: 1.0}), [1], EOS)
     assert err.value.param == "logit_bias"
+
+
+def test_knobs_past_int32_sample_as_their_unbounded_meaning() -> None:
+    """`top_k` and `min_tokens` have no upper bound (as in vLLM). Past int32 they pack as its maximum, which
+    means the same (every token kept; EOS held back for the whole stream): a `top_k` of 2**51 from the API
+    fuzz test had overflowed the int32 column and killed the server's engine thread."""
+    huge = SamplingParams(temperature=1.0, top_k=2**51, min_tokens=2**40, max_tokens=None, seed=3)
+    meta = SamplingMetadata.from_params([huge], num_rows=1, slot_ids=[0], output_lens=[0],
+                                        request_numbers=[0])
+    assert meta.top_k.tolist() == [2**31 - 1] and meta.min_tokens.tolist() == [2**31 - 1]
+    logits = random_logits(1, seed=4)[0]
+    unbounded = SamplingParams(temperature=1.0, min_tokens=2**31 - 1, max_tokens=None, seed=3)
+    np.testing.assert_array_equal(draw_samples(logits, huge, 256), draw_samples(logits, unbounded, 256))
+    assert EOS not in draw_samples(logits, huge, 256)
