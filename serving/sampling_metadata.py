@@ -17,6 +17,11 @@ SEEDED_STREAM = 0
 ENGINE_STREAM = 1
 """Key domains: a user seed and an engine-assigned request number never produce the same key."""
 
+# Clamp for knobs with no upper bound (vLLM has none): a top_k at least the vocabulary keeps every token and
+# a min_tokens past the context is never reached, so the clamp changes nothing; an unclamped one overflowed
+# the int32 column and killed the engine thread (found by tests/serving/api/test_fuzz.py).
+INT32_MAX = int(np.iinfo(np.int32).max)
+
 
 class SamplingMetadata(NamedTuple):
     """One step's rows (all shape `[B]`, except `key_words` `[B, 2]`)."""
@@ -90,12 +95,6 @@ class SamplingMetadata(NamedTuple):
                 [SEEDED_STREAM if s else ENGINE_STREAM for s in seeded], np.uint32, ENGINE_STREAM
             ),
         )
-
-
-# Clamp for knobs with no upper bound (vLLM has none): a top_k at least the vocabulary keeps every token and
-# a min_tokens past the context is never reached, so the clamp changes nothing; an unclamped one overflowed
-# the int32 column and killed the engine thread (found by tests/serving/api/test_fuzz.py).
-INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _split_words(seed: int) -> tuple[int, int]:

@@ -93,15 +93,15 @@ def _check_contract(
 def _check_cache(kv_cache: jax.Array, num_kv_heads: int, head_dim: int, backend: str) -> None:
     """The reference backend takes exactly its storage layout; Pallas ones `[pages, page, 2 * Hkv, >= D]`."""
     if backend == "reference":
-        page_size = reference_page_size(kv_cache, head_dim) if kv_cache.ndim == 4 else 0
         value_dtype = kv_cache_value_dtype(kv_cache.dtype)
-        want = kv_cache_spec(kv_cache.shape[0], max(page_size, 1), num_kv_heads, head_dim, value_dtype,
-                             backend=backend)
-        if page_size and (kv_cache.shape, kv_cache.dtype) == (want.shape, want.dtype):
+        page_size = reference_page_size(kv_cache, head_dim) if kv_cache.ndim == 4 else 0
+        one_slot = kv_cache_spec(1, 1, num_kv_heads, head_dim, value_dtype, backend=backend)  # [1, 2, Hkv, E]
+        want = (kv_cache.shape[0], *one_slot.shape[1:3], page_size * one_slot.shape[3])
+        if page_size and (kv_cache.shape, kv_cache.dtype) == (want, one_slot.dtype):
             return
         raise KernelInputError(
-            f"kv_cache must be the reference backend's storage ({want.dtype}[pages, 2, {num_kv_heads}, "
-            f"page_size * {want.shape[-1] // max(page_size, 1)}], see kv_cache_spec), got "
+            f"kv_cache must be the reference backend's storage ({one_slot.dtype}[pages, 2, {num_kv_heads}, "
+            f"page_size * {one_slot.shape[3]}], see kv_cache_spec), got "
             f"{kv_cache.dtype}{list(kv_cache.shape)}"
         )
     if kv_cache.ndim != 4 or kv_cache.shape[2] != 2 * num_kv_heads or kv_cache.shape[3] < head_dim:

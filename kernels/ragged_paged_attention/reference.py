@@ -110,15 +110,15 @@ def _dot_dtype(q: jax.Array, kv_cache: jax.Array, spec: _Pass) -> jnp.dtype:
 
 
 def _gather_page(
-    kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, block: jax.Array, head_dim: int,
+    kv_cache: jax.Array, page_indices: jax.Array, seq: jax.Array, column: jax.Array, head_dim: int,
     dtype: jnp.dtype,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """K `[G, Hkv, D, page_size]`, V `[G, Hkv, page_size, D]` (in DTYPE) and positions of page `block[g]` of
-    `seq[g]`: one gather, no transposes (the storage layout holds K position-minor)."""
+    """K `[G, Hkv, D, page_size]`, V `[G, Hkv, page_size, D]` (in DTYPE) and positions of the `column[g]`-th
+    page of `seq[g]`: one gather, no transposes (the storage layout holds K position-minor)."""
     page_size = reference_page_size(kv_cache, head_dim)
-    pages = page_indices[seq, jnp.clip(block, 0, page_indices.shape[1] - 1)]
+    pages = page_indices[seq, jnp.clip(column, 0, page_indices.shape[1] - 1)]
     k, v = page_kv(kv_cache[pages], head_dim)
-    positions = block[:, None] * page_size + jnp.arange(page_size)
+    positions = column[:, None] * page_size + jnp.arange(page_size)
     return k.astype(dtype), v.astype(dtype), positions
 
 
