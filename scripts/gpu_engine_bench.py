@@ -3,7 +3,7 @@
 Usage: here, into a folder git ignores:  .venv/bin/python scripts/gpu_engine_bench.py TOKENIZER_DIR --export
        on the device machine, after `pip install --no-deps --no-build-isolation -e .`:
                                          python3 scripts/gpu_engine_bench.py TOKENIZER_DIR [--seconds 140]
-                                         [--no-async-scheduling]
+                                         [--[no-]async-scheduling]
 
 The embedded GGUF (98 MB) cannot travel to the device machine, so TOKENIZER_DIR holds what can: SmolLM2's
 HF `config.json` (as the GGUF loader reads it) and its tokenizer files, which `--export` writes. On the
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/smollm2-random"))
     parser.add_argument("--seconds", type=float, default=140.0)
     parser.add_argument("--result-json", type=Path)
-    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction)
     args = parser.parse_args()
     if args.export:
         export(args.tokenizer_dir)

@@ -51,7 +51,7 @@ class LLM:
         seed: int = 0,
         kv_cache_dtype: str = "auto",
         min_token_bucket: int | None = None,
-        async_scheduling: bool = True,
+        async_scheduling: bool | None = None,
         compilation_cache_dir: str | None = None,
         backend: str = "auto",
         use_tqdm: bool = True,

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     engine = parser.add_argument_group("engine")
     engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
-    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
+                        help="default: on on CPU, off on accelerators")
     for name, default in ENGINE_ARGS:
         engine.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     bench_args.add_dataset_arguments(parser)

@@ -1,6 +1,7 @@
-"""Platform defaults for speed on CPU: token buckets from 1, one-row programs on out-major kernels, a KV cache
-in the weights' dtype (bfloat16 packed in words); that one-row programs really run on the out-major copy and
-generate what the original weights generate; and that every forward gets the RoPE tables."""
+"""Platform defaults for speed on CPU (token buckets from 1, one-row programs on out-major kernels, a KV cache
+in the weights' dtype, bfloat16 packed in words, async scheduling) and off it; that one-row programs really
+run on the out-major copy and generate what the original weights generate; and that every forward gets the
+RoPE tables."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from tests.model.tiny_checkpoint import write_tiny_checkpoint
 from tests.serving.engine_fixtures import assert_dense_greedy
 from tpuserve.model import LoadedModel, load_model
+from tpuserve.serving import config as config_module
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.engine import Engine
 from tpuserve.serving.sampling_params import SamplingParams
@@ -31,6 +33,8 @@ def test_cpu_defaults_and_overrides() -> None:
     assert config.token_buckets == (1, 2, 4, 8, 16, 32)
     assert config.seq_buckets == (1, 2, 4)
     assert config.one_row_out_major is True
+    assert config.async_scheduling is True
+    assert EngineConfig(**CONFIG, async_scheduling=False).async_scheduling is False
     assert (config.page_size, config.pages_per_seq) == (64, 1)
     assert EngineConfig(**CONFIG, page_size=16).pages_per_seq == 4
     wide = EngineConfig(**(CONFIG | {"max_num_seqs": 16}), min_token_bucket=16)
@@ -44,6 +48,16 @@ def test_cpu_defaults_and_overrides() -> None:
     assert resolve_kv_cache_dtype("auto", jnp.float16) == jnp.float16
     assert resolve_kv_cache_dtype("auto", jnp.float32) == jnp.float32
     assert resolve_kv_cache_dtype("bfloat16", jnp.float32) == jnp.bfloat16
+
+
+def test_accelerator_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off CPU: 16-token pages and token buckets, no out-major copy, synchronous steps (async measured
+    slower on an H100)."""
+    monkeypatch.setattr(config_module, "_on_cpu", lambda: False)
+    config = EngineConfig(**(CONFIG | {"max_num_seqs": 16}))
+    assert (config.page_size, config.min_token_bucket) == (16, 16)
+    assert (config.one_row_out_major, config.async_scheduling) == (False, False)
+    assert EngineConfig(**(CONFIG | {"max_num_seqs": 16}), async_scheduling=True).async_scheduling is True
 
 
 def forward_weights(engine: Engine) -> dict[int, dict]:
