@@ -1,11 +1,13 @@
 """Time a real engine's full-batch decode step and its parts: the forward, then LM head + sampler.
 
 Usage: .venv/bin/python scripts/profile_decode_step.py [--dtype bfloat16] [--kv-cache-dtype auto] [--batch 64]
-       [--prompt-len 128] [--model PATH]
+       [--prompt-len 128] [--model PATH] [--[no-]async-scheduling]
 
 Fills the engine with `--batch` random prompts, steps until all of them decode, then times ten steps as
 the engine runs them (dispatch overlapped) and ten more with the forward and the sampler each waited on,
-so their own times show. Greedy, like `tpuserve bench serve`'s default.
+so their own times show, and the engine thread's own work per step (`EngineStats`: launching a step and
+applying its tokens, not waiting for them). Greedy, like `tpuserve bench serve`'s default. Scheduling is
+the platform's default unless `--[no-]async-scheduling` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ def synced(fn: Callable, times: list[float]) -> Callable:
 
 
 def decoding_llm(
-    dtype: str, kv_cache_dtype: str, batch: int, prompt_len: int, model: str | None = None
+    dtype: str, kv_cache_dtype: str, batch: int, prompt_len: int, model: str | None = None,
+    async_scheduling: bool | None = None,
 ) -> LLM:
     """An `LLM` of MODEL (default: the embedded SmolLM2) whose engine holds `batch` random greedy prompts, all
     prefilled: every step from here decodes `batch` rows (`max_tokens` is far away)."""
-    llm = LLM(model, dtype, max_num_seqs=max(8, batch), kv_cache_dtype=kv_cache_dtype, use_tqdm=False)
+    llm = LLM(model, dtype, max_num_seqs=max(8, batch), kv_cache_dtype=kv_cache_dtype,
+              async_scheduling=async_scheduling, use_tqdm=False)
     rng = np.random.default_rng(0)
     params = SamplingParams(temperature=0, ignore_eos=True, max_tokens=1000)
     for i in range(batch):
@@ -54,20 +58,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--model", help="checkpoint (default: the embedded SmolLM2)")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction)
     args = parser.parse_args()
-    llm = decoding_llm(args.dtype, args.kv_cache_dtype, args.batch, args.prompt_len, args.model)
+    llm = decoding_llm(args.dtype, args.kv_cache_dtype, args.batch, args.prompt_len, args.model,
+                       args.async_scheduling)
     engine, runner = llm.engine, llm.engine.runner
-    steps = []
+    steps, host = [], []
     for _ in range(10):
-        start = time.perf_counter()
+        start, host_before = time.perf_counter(), engine.stats.host_time_s
         engine.step()
         steps.append(time.perf_counter() - start)
+        host.append(engine.stats.host_time_s - host_before)
     forward, sample = [], []
     runner.forward, runner.sample = synced(runner.forward, forward), synced(runner.sample, sample)
     for _ in range(10):
         engine.step()
-    print(f"{args.dtype} weights, {args.kv_cache_dtype} cache, batch {args.batch}: "
-          f"step {np.median(steps) * 1e3:.1f} ms "
+    mode = "async" if engine.config.async_scheduling else "sync"
+    print(f"{args.dtype} weights, {args.kv_cache_dtype} cache, batch {args.batch}, {mode}: "
+          f"step {np.median(steps) * 1e3:.1f} ms, engine-thread work {np.median(host) * 1e3:.1f} ms "
           f"(forward {np.median(forward) * 1e3:.1f} ms, LM head + sampler {np.median(sample) * 1e3:.1f} ms)")
 
 
