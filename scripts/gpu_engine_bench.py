@@ -1,7 +1,8 @@
 """Engine throughput on a GPU machine: `LLM.generate` of a random-weight SmolLM2-135M with its real tokenizer.
 
 Usage: here, into a folder git ignores:  .venv/bin/python scripts/gpu_engine_bench.py TOKENIZER_DIR --export
-       on the device machine, after `pip install --no-deps --no-build-isolation -e .`:
+       on the device machine, after `pip install --no-deps --no-build-isolation -e .` (its image has no
+       `gguf`, which `tpuserve.model` imports: carry its wheel, `pip download --no-deps gguf==0.19.0`):
                                          python3 scripts/gpu_engine_bench.py TOKENIZER_DIR [--seconds 140]
                                          [--[no-]async-scheduling]
 
