@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from profile_decode_step import decoding_llm
 
-from tpuserve.model.paged import AttentionMetadata
 from tpuserve.serving.llm import LLM
 
 FORWARD = "jit__forward_impl"  # the runner's forward program; the LM head and sampler are separate ones
@@ -35,13 +33,11 @@ HLO_OP = re.compile(r"%([\w.\-]+) = (\S+) [^\n]*?op_name=\"([^\"]*)\"")
 def hlo_ops(llm: LLM, num_tokens: int) -> dict[str, tuple[str, str]]:
     """Operation name -> (result shape, JAX op path) in the forward compiled for `num_tokens` rows."""
     runner = llm.engine.runner
-    inputs = runner.empty_inputs(num_tokens)
-    metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
-    rows = np.zeros(runner.config.max_num_seqs, np.int32)
     one_row = num_tokens == 1
-    params = runner.weights_for(one_row).params
-    lowered = runner._forward.lower(one_row, params, runner.kv_caches, inputs.token_ids, inputs.token_sources,
-                                    runner.last_tokens, inputs.positions, metadata, rows, runner.rope_tables)
+    inputs = runner.empty_inputs(num_tokens)
+    leaves = runner.weights_for(one_row).leaves
+    lowered = runner._forward.lower(one_row, leaves, runner.kv_caches, inputs.buffer, runner.last_tokens,
+                                    runner.rope_tables)
     text = lowered.compile().as_text()
     return {m[1]: (m[2], m[3].removeprefix("jit(_forward_impl)/")) for m in HLO_OP.finditer(text)}
 

@@ -31,8 +31,7 @@ class PromptLogprobRows:
 @dataclasses.dataclass(frozen=True)
 class PreparedStep:
     inputs: StepInputs
-    sampled: list[ScheduledChunk]  # chunks that end their sequence: each samples one token
-    sample_rows: np.ndarray  # int32 [max_num_seqs]: the hidden row of each sampled chunk's last token
+    sampled: list[ScheduledChunk]  # chunks that end their sequence, one token each (at `inputs.sample_rows`)
     num_sample_rows: int  # the sequence bucket holding the sampled chunks
     prompt_logprobs: list[PromptLogprobRows]
 
@@ -43,37 +42,29 @@ def prepare_step(
     """IN_FLIGHT_ROWS: for each request whose newest token the previous step is still sampling, that
     token's row in the previous step's output (the forward takes it from there, on the device)."""
     num_tokens = pad_to(schedule.num_tokens, config.token_buckets)
-    token_ids = np.zeros(num_tokens, np.int32)
-    token_sources = np.full(num_tokens, -1, np.int32)
-    positions = np.zeros(num_tokens, np.int32)
-    kv_lens = np.zeros(config.max_num_seqs, np.int32)
-    page_indices = np.zeros((config.max_num_seqs, config.pages_per_seq), np.int32)
-    cu_q_lens = np.zeros(config.max_num_seqs + 1, np.int32)
-    sampled, last_rows, prompt_rows = [], [], []
+    inputs = StepInputs.empty(num_tokens, config.max_num_seqs, config.pages_per_seq)
+    sampled, prompt_rows = [], []
     row = 0
     for s, chunk in enumerate(schedule.chunks):
         request, start, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
         known = request.token_ids_between(start, start + n)
-        token_ids[row : row + len(known)] = known
+        inputs.token_ids[row : row + len(known)] = known
         if len(known) < n:  # only the newest token can be in flight
-            token_sources[row + n - 1] = in_flight_rows[request]
-        positions[row : row + n] = np.arange(start, start + n)
-        kv_lens[s] = start + n
-        page_indices[s, : len(request.pages)] = request.pages
-        cu_q_lens[s + 1 :] = row + n
+            inputs.token_sources[row + n - 1] = in_flight_rows[request]
+        inputs.positions[row : row + n] = np.arange(start, start + n)
+        inputs.kv_lens[s] = start + n
+        inputs.page_indices[s, : len(request.pages)] = request.pages
+        inputs.cu_q_lens[s + 1 :] = row + n
         if chunk.completes_sequence:
+            inputs.sample_rows[len(sampled)] = row + n - 1
             sampled.append(chunk)
-            last_rows.append(row + n - 1)
         scored = _prompt_logprob_rows(chunk, row)
         if scored is not None:
             prompt_rows.append(scored)
         row += n
-    sample_rows = np.zeros(config.max_num_seqs, np.int32)
-    sample_rows[: len(last_rows)] = last_rows
-    inputs = StepInputs(token_ids, token_sources, positions, kv_lens, page_indices, cu_q_lens,
-                        np.array([len(schedule.chunks)], np.int32))
+    inputs.num_seqs[0] = len(schedule.chunks)
     num_sample_rows = pad_to(max(len(sampled), 1), config.seq_buckets)
-    return PreparedStep(inputs, sampled, sample_rows, num_sample_rows, prompt_rows)
+    return PreparedStep(inputs, sampled, num_sample_rows, prompt_rows)
 
 
 def _prompt_logprob_rows(chunk: ScheduledChunk, first_row: int) -> PromptLogprobRows | None:

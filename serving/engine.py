@@ -150,7 +150,7 @@ class Engine:
         for chunk in schedule.chunks:
             self._ensure_slot(self._sequences[chunk.request.request_id][1], started)
         step = prepare_step(schedule, self.config, {} if self._in_flight is None else self._in_flight.rows)
-        hidden, sample_hidden = self.runner.forward(step.inputs, step.sample_rows)
+        hidden, sample_hidden = self.runner.forward(step.inputs)
         sampled = self._sample(sample_hidden, step)
         host_seconds = time.monotonic() - started  # engine-thread work up to the dispatch
         self._record_prompt_logprobs(hidden, step)

@@ -2,18 +2,18 @@
 
 Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
 - `forward`, per token bucket `T` (for `T = 1` on a copy of 16-bit weights whose projection kernels are
-  stored [out, in], see `EngineConfig.one_row_out_major`): token ids with their sources (a token still in
-  flight is read from the previous step's sampled tokens, `[max_num_seqs]`, on the device), positions,
-  attention metadata (always sized to `max_num_seqs` rows), the donated KV caches, the `max_num_seqs` rows
-  to sample from and the model's RoPE tables (fixed shapes) in; the final-normed hidden `[T, hidden]`,
-  those rows `[max_num_seqs, hidden]` and the caches out;
-- `gather`, per token bucket `T`: `max_num_seqs` chosen rows of the hidden (prompt logprobs);
-- `logits`, per sequence bucket `S`: the LM head on the first `S` of `max_num_seqs` rows (weights chosen as
-  for `forward`);
-- the sampler (`tpuserve.serving.sampler.sample`, all-greedy and general) and prompt logprobs, per
-  sequence bucket `S`;
-- the sampler-table slot write (one shape), and the padding of a step's sampled tokens to `max_num_seqs`
-  rows (per sequence bucket `S`).
+  stored [out, in], see `EngineConfig.one_row_out_major`): the step's int32 inputs in one buffer
+  (`StepInputs`: token ids with their sources, positions, attention metadata sized to `max_num_seqs` rows,
+  the rows to sample from), the previous step's sampled tokens (`[max_num_seqs]`: a token still in flight
+  is read from there, on the device), the donated KV caches and the model's RoPE tables in; the
+  final-normed hidden `[T, hidden]`, the `max_num_seqs` sampled rows and the caches out;
+- `sample`, per sequence bucket `S`, all-greedy and general: the LM head on the first `S` sampled rows
+  (weights chosen as for `forward`), the sampler (`tpuserve.serving.sampler.sample`, its metadata packed in
+  one array) and the tokens padded to `max_num_seqs` rows for the next step, in one program;
+- `gather` per token bucket `T` and `logits` per sequence bucket `S`, for prompt logprobs;
+- the sampler-table slot write (one shape).
+Each program's weights travel as one flat list of arrays (`Weights`), which jit flattens cheapest: on a
+GPU the host's dispatch work, not the device, bounds a small model's step.
 Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
 
 A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.tree_util import PyTreeDef
 
 from tpuserve.model import Transformer, with_out_major_kernels
 from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
@@ -40,38 +41,74 @@ from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.logprobs import TokenLogprobs, prompt_logprobs
 from tpuserve.serving.sampler import SamplerOutput, sample
 from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sampling_metadata import SamplingMetadata, pack, unpack
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
 
 
 @dataclasses.dataclass(frozen=True)
 class Weights:
-    """A model as the jitted programs take it: its static graph and its arrays as a plain dict.
+    """A model as the jitted programs take it: its static graph, and its arrays as one flat list.
 
-    A plain dict because jit flattens it in C++, an `nnx.State` through ~300 Python callbacks (1.6 ms of host
-    time per forward dispatch, 0.6 ms per LM head, which one stream's step waits on).
+    A flat list because jit flattens nothing faster: an `nnx.State` went through ~300 Python callbacks
+    (1.6 ms of host time per dispatch), a nested dict of its 182 arrays still took ~0.17 ms on every call.
     """
 
     graphdef: nnx.GraphDef
-    params: dict
+    treedef: PyTreeDef  # the arrays' nesting as `nnx.to_pure_dict` gives it
+    leaves: list[jax.Array]
 
     @classmethod
     def of(cls, model: nnx.Module) -> Weights:
         graphdef, state = nnx.split(model)
-        return cls(graphdef, nnx.to_pure_dict(state))
+        leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
+        return cls(graphdef, treedef, leaves)
+
+    @property
+    def params(self) -> dict:
+        """The arrays nested by module, as `nnx.to_pure_dict` gives them."""
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def module(self, leaves: list[jax.Array]) -> nnx.Module:
+        """The model on LEAVES (inside a jitted program: their tracers)."""
+        return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, leaves))
 
 
 @dataclasses.dataclass(frozen=True)
 class StepInputs:
-    """Host arrays for one forward pass, already padded to a token bucket."""
+    """One forward pass's int32 host inputs, padded to a token bucket `T` and to `S = max_num_seqs` rows.
 
-    token_ids: np.ndarray  # int32 [T]
-    token_sources: np.ndarray  # int32 [T]: -1, or the row of the previous step's sampled tokens to use
-    positions: np.ndarray  # int32 [T]
-    kv_lens: np.ndarray  # int32 [max_num_seqs]
-    page_indices: np.ndarray  # int32 [max_num_seqs, pages_per_seq]
-    cu_q_lens: np.ndarray  # int32 [max_num_seqs + 1]
-    num_seqs: np.ndarray  # int32 [1]
+    Every field is a view into `buffer`, and the buffer is what the forward receives: one host-to-device
+    copy per step instead of eight (each array argument costs its own transfer and dispatch work).
+    """
+
+    buffer: np.ndarray  # int32: the fields below, in order
+    token_ids: np.ndarray  # [T]
+    token_sources: np.ndarray  # [T]: -1, or the row of the previous step's sampled tokens to use
+    positions: np.ndarray  # [T]
+    kv_lens: np.ndarray  # [S]
+    page_indices: np.ndarray  # [S, pages_per_seq]
+    cu_q_lens: np.ndarray  # [S + 1]
+    num_seqs: np.ndarray  # [1]
+    sample_rows: np.ndarray  # [S]: the hidden row of each sampled sequence's last token
+
+    @classmethod
+    def empty(cls, num_tokens: int, max_num_seqs: int, pages_per_seq: int) -> StepInputs:
+        """All padding: zero sequences, every write aimed at the null page, no token in flight."""
+        buffer = np.zeros(3 * num_tokens + max_num_seqs * (pages_per_seq + 3) + 2, np.int32)
+        inputs = cls(buffer, *split_step_buffer(buffer, max_num_seqs, pages_per_seq))
+        inputs.token_sources[:] = -1
+        return inputs
+
+
+def split_step_buffer(buffer: np.ndarray | jax.Array, max_num_seqs: int, pages_per_seq: int) -> tuple:
+    """A `StepInputs.buffer`'s fields in order: views of it on the host, slices of it inside a program."""
+    seqs = max_num_seqs
+    tokens = (buffer.shape[0] - seqs * (pages_per_seq + 3) - 2) // 3
+    sizes = (tokens, tokens, tokens, seqs, seqs * pages_per_seq, seqs + 1, 1, seqs)
+    ends = np.cumsum(sizes).tolist()
+    fields = [buffer[end - size : end] for size, end in zip(sizes, ends, strict=True)]
+    fields[4] = fields[4].reshape(seqs, pages_per_seq)
+    return tuple(fields)
 
 
 class ModelRunner:
@@ -105,22 +142,33 @@ class ModelRunner:
         self._backend = backend
         self._forward = jax.jit(self._forward_impl, static_argnums=0, donate_argnums=2)
         self._gather = jax.jit(lambda hidden, rows: hidden[rows])
-        self._pad_tokens = jax.jit(lambda tokens: jnp.pad(tokens, (0, config.max_num_seqs - len(tokens))))
         self._logits = jax.jit(self._logits_impl, static_argnums=(0, 3))
+        self._sample = jax.jit(self._sample_impl, static_argnums=(0, 1), donate_argnums=4)
 
     # `one_row` (static) picks the graph: a bool hashes for free, an nnx graph took ~1 ms per call.
-    def _forward_impl(self, one_row, params, kv_caches, token_ids, token_sources, last_tokens, positions,
-                      metadata, sample_rows, rope_tables):
-        model = nnx.merge(self.weights_for(one_row).graphdef, params)
+    def _forward_impl(self, one_row, leaves, kv_caches, step_buffer, last_tokens, rope_tables):
+        config = self.config
+        token_ids, token_sources, positions, *metadata, sample_rows = split_step_buffer(
+            step_buffer, config.max_num_seqs, config.pages_per_seq)
         token_ids = jnp.where(token_sources < 0, token_ids, last_tokens[jnp.maximum(token_sources, 0)])
-        hidden, kv_caches = paged_forward(model, token_ids, positions, kv_caches, metadata, self._backend,
-                                          self.mesh, rope_tables)
+        hidden, kv_caches = paged_forward(self.weights_for(one_row).module(leaves), token_ids, positions,
+                                          kv_caches, AttentionMetadata(*metadata), self._backend, self.mesh,
+                                          rope_tables)
         return hidden, hidden[sample_rows], kv_caches
 
-    def _logits_impl(self, one_row, params, rows, num_rows):
+    def _logits_impl(self, one_row, leaves, rows, num_rows):
         # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
-        model = nnx.merge(self.weights_for(one_row).graphdef, params)
+        model = self.weights_for(one_row).module(leaves)
         return model.logits(rows[:num_rows])[:, : self.model_config.vocab_size]
+
+    def _sample_impl(self, one_row, random, leaves, sample_hidden, sampler_state, meta_words):
+        """The LM head, the sampler and the tokens padded for the next step: one dispatch, not three."""
+        meta = unpack(meta_words)
+        num_rows = meta.slot_ids.shape[0]
+        logits = self._logits_impl(one_row, leaves, sample_hidden, num_rows)
+        output, sampler_state = sample(logits, sampler_state, meta, random=random)
+        last_tokens = jnp.pad(output.token_ids, (0, self.config.max_num_seqs - num_rows))
+        return output, sampler_state, last_tokens
 
     def weights_for(self, one_row: bool) -> Weights:
         """The weights of the programs for one row (ONE_ROW) or for any other row count."""
@@ -129,7 +177,7 @@ class ModelRunner:
     def _lm_head(self, rows: jax.Array, num_rows: int) -> jax.Array:
         """float32 logits of the first NUM_ROWS (a sequence bucket) of the `max_num_seqs` ROWS."""
         one_row = num_rows == 1
-        return self._logits(one_row, self.weights_for(one_row).params, rows, num_rows)
+        return self._logits(one_row, self.weights_for(one_row).leaves, rows, num_rows)
 
     def admit(
         self,
@@ -142,23 +190,21 @@ class ModelRunner:
         """Write a request's sampler tables into its slot (on admission or after a recompute)."""
         self.sampler_state = admit(self.sampler_state, slot, params, prompt, eos_token_id, outputs)
 
-    def forward(self, inputs: StepInputs, sample_rows: np.ndarray) -> tuple[jax.Array, jax.Array]:
-        """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `sample_rows`."""
-        metadata = AttentionMetadata(inputs.kv_lens, inputs.page_indices, inputs.cu_q_lens, inputs.num_seqs)
+    def forward(self, inputs: StepInputs) -> tuple[jax.Array, jax.Array]:
+        """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `inputs.sample_rows`."""
         one_row = len(inputs.token_ids) == 1
         hidden, sample_hidden, self.kv_caches = self._forward(
-            one_row, self.weights_for(one_row).params, self.kv_caches, inputs.token_ids, inputs.token_sources,
-            self.last_tokens, inputs.positions, metadata, sample_rows, self.rope_tables,
+            one_row, self.weights_for(one_row).leaves, self.kv_caches, inputs.buffer, self.last_tokens,
+            self.rope_tables,
         )
         return hidden, sample_hidden
 
     def sample(self, sample_hidden: jax.Array, meta: SamplingMetadata) -> SamplerOutput:
         """One token for each of the first `len(meta)`-bucket rows of `sample_hidden`."""
-        num_rows = len(meta.slot_ids)
-        logits = self._lm_head(sample_hidden, num_rows)
+        one_row = len(meta.slot_ids) == 1
         random = bool(np.any(meta.temperature >= GREEDY_TEMPERATURE))
-        output, self.sampler_state = sample(logits, self.sampler_state, meta, random=random)
-        self.last_tokens = self._pad_tokens(output.token_ids)
+        output, self.sampler_state, self.last_tokens = self._sample(
+            one_row, random, self.weights_for(one_row).leaves, sample_hidden, self.sampler_state, pack(meta))
         return output
 
     def prompt_logprobs(self, hidden: jax.Array, rows: np.ndarray, targets: np.ndarray) -> TokenLogprobs:
@@ -182,7 +228,7 @@ class ModelRunner:
         config = self.config
         rows = np.zeros(config.max_num_seqs, np.int32)
         for tokens in config.token_buckets:
-            hidden, sample_hidden = self.forward(self.empty_inputs(tokens), rows)
+            hidden, sample_hidden = self.forward(self.empty_inputs(tokens))
             jax.block_until_ready(self._gather(hidden, rows))
             yield f"forward T={tokens}"
         self.admit(0, SamplingParams(), [0], [], None)  # the slot write; a real admission overwrites it
@@ -198,13 +244,4 @@ class ModelRunner:
 
     def empty_inputs(self, num_tokens: int) -> StepInputs:
         """All-padding inputs for a token bucket: zero sequences, every write aimed at the null page."""
-        config = self.config
-        return StepInputs(
-            token_ids=np.zeros(num_tokens, np.int32),
-            token_sources=np.full(num_tokens, -1, np.int32),
-            positions=np.zeros(num_tokens, np.int32),
-            kv_lens=np.zeros(config.max_num_seqs, np.int32),
-            page_indices=np.zeros((config.max_num_seqs, config.pages_per_seq), np.int32),
-            cu_q_lens=np.zeros(config.max_num_seqs + 1, np.int32),
-            num_seqs=np.zeros(1, np.int32),
-        )
+        return StepInputs.empty(num_tokens, self.config.max_num_seqs, self.config.pages_per_seq)

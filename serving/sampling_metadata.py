@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tpuserve.serving.sampling_params import SamplingParams
@@ -95,6 +97,33 @@ class SamplingMetadata(NamedTuple):
                 [SEEDED_STREAM if s else ENGINE_STREAM for s in seeded], np.uint32, ENGINE_STREAM
             ),
         )
+
+
+# Each field's dtype, in field order: every value is 32 bits wide, so one uint32 array carries them all.
+_DTYPES = (np.int32, np.int32, bool, np.float32, np.int32, np.float32, np.float32, np.float32, np.float32,
+           np.float32, np.int32, np.int32, bool, np.uint32, np.uint32)
+
+
+def pack(meta: SamplingMetadata) -> np.ndarray:
+    """Every field as rows of one uint32 `[16, B]` array (`key_words` two): one transfer, not fifteen."""
+    rows = [np.asarray(field).astype(np.uint32) if dtype is bool else np.asarray(field).view(np.uint32)
+            for field, dtype in zip(meta, _DTYPES, strict=True)]
+    return np.concatenate([np.atleast_2d(row.T) for row in rows])
+
+
+def unpack(words: jax.Array) -> SamplingMetadata:
+    """`pack`'s fields again, inside a jitted program."""
+    fields, row = [], 0
+    for name, dtype in zip(SamplingMetadata._fields, _DTYPES, strict=True):
+        width = 2 if name == "key_words" else 1
+        value = words[row : row + width]
+        if dtype is bool:
+            value = value != 0
+        elif dtype is not np.uint32:
+            value = jax.lax.bitcast_convert_type(value, jnp.dtype(dtype))
+        fields.append(value.T if width == 2 else value[0])
+        row += width
+    return SamplingMetadata(*fields)
 
 
 def _split_words(seed: int) -> tuple[int, int]:

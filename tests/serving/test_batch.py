@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import numpy as np
 
 from tpuserve.serving.batch import prepare_step
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.request import Request
+from tpuserve.serving.runner import StepInputs, split_step_buffer
 from tpuserve.serving.sampling_params import SamplingParams
 from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -26,7 +30,7 @@ def test_a_token_in_flight_is_taken_from_the_previous_steps_samples() -> None:
     np.testing.assert_array_equal(inputs.positions[:3], [3, 0, 1])
     np.testing.assert_array_equal(inputs.kv_lens[:2], [4, 2])
     assert [chunk.request for chunk in step.sampled] == [decoding, prefill]
-    np.testing.assert_array_equal(step.sample_rows[:2], [0, 2])
+    np.testing.assert_array_equal(step.inputs.sample_rows[:2], [0, 2])
 
 
 def test_token_ids_between_slices_prompt_and_outputs_as_one_sequence() -> None:
@@ -34,3 +38,17 @@ def test_token_ids_between_slices_prompt_and_outputs_as_one_sequence() -> None:
     for start in range(6):
         for stop in range(start, 7):
             assert request.token_ids_between(start, stop) == request.all_token_ids[start:stop]
+
+
+def test_step_inputs_are_views_of_the_one_buffer_the_program_splits_again() -> None:
+    """The forward receives only `buffer`: what the host wrote into each field must be what the program's
+    split of that buffer reads."""
+    inputs = StepInputs.empty(8, max_num_seqs=3, pages_per_seq=2)
+    assert inputs.buffer.dtype == np.int32 and list(inputs.token_sources) == [-1] * 8
+    fields = [f.name for f in dataclasses.fields(StepInputs)][1:]
+    for i, name in enumerate(fields):
+        getattr(inputs, name).flat[:] = 100 * (i + 1) + np.arange(getattr(inputs, name).size)
+    split = jax.jit(lambda buffer: split_step_buffer(buffer, 3, 2))(inputs.buffer)
+    assert len(split) == len(fields)
+    for name, got in zip(fields, split, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), getattr(inputs, name), err_msg=name)

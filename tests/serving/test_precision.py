@@ -15,6 +15,7 @@ from tpuserve.model import LoadedModel, load_model
 from tpuserve.serving import config as config_module
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.engine import Engine
+from tpuserve.serving.runner import split_step_buffer
 from tpuserve.serving.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU defaults")
@@ -60,29 +61,30 @@ def test_accelerator_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert EngineConfig(**(CONFIG | {"max_num_seqs": 16}), async_scheduling=True).async_scheduling is True
 
 
-def forward_weights(engine: Engine) -> dict[int, dict]:
-    """Token bucket -> the params its forward ran on, recorded from here on."""
-    seen: dict[int, dict] = {}
-    program = engine.runner._forward
+def forward_weights(engine: Engine) -> dict[int, list]:
+    """Token bucket -> the weights (leaves) its forward ran on, recorded from here on."""
+    seen: dict[int, list] = {}
+    program, config = engine.runner._forward, engine.config
 
-    def spy(one_row, params, kv_caches, token_ids, *rest):
-        seen[token_ids.shape[0]] = params
-        return program(one_row, params, kv_caches, token_ids, *rest)
+    def spy(one_row, leaves, kv_caches, step_buffer, *rest):
+        token_ids = split_step_buffer(step_buffer, config.max_num_seqs, config.pages_per_seq)[0]
+        seen[token_ids.shape[0]] = leaves
+        return program(one_row, leaves, kv_caches, step_buffer, *rest)
 
     engine.runner._forward = spy
     return seen
 
 
-def logits_calls(engine: Engine) -> list[tuple[int, dict]]:
-    """(rows, params) of every LM head the runner computes from here on."""
+def sampled_heads(engine: Engine) -> list[tuple[int, list]]:
+    """(rows, weight leaves) of every LM head the runner samples from, from here on."""
     calls = []
-    program = engine.runner._logits
+    program = engine.runner._sample
 
-    def spy(one_row, params, rows, num_rows):
-        calls.append((num_rows, params))
-        return program(one_row, params, rows, num_rows)
+    def spy(one_row, random, leaves, rows, state, meta_words):
+        calls.append((meta_words.shape[1], leaves))
+        return program(one_row, random, leaves, rows, state, meta_words)
 
-    engine.runner._logits = spy
+    engine.runner._sample = spy
     return calls
 
 
@@ -105,9 +107,10 @@ def test_one_row_programs_run_on_out_major_kernels_and_the_others_on_the_origina
     qkv = original["layers"][0]["attn"]["qkv"]["kernel"]
     assert one_row["layers"][0]["attn"]["qkv"]["kernel"].shape == qkv.shape[::-1]
     assert one_row["embedder"]["embedding"] is original["embedder"]["embedding"]  # shared, not copied
+    original, one_row = runner.weights.leaves, runner.one_row_weights.leaves
     assert {cache.dtype for cache in runner.kv_caches} == {jnp.dtype(jnp.uint32)}  # bfloat16 pairs
     seen = forward_weights(engine)
-    heads = logits_calls(engine)
+    heads = sampled_heads(engine)
     run(engine, PROMPTS)  # two streams: 2-row decode steps
     run(engine, PROMPTS[:1])  # one stream: 1-row decode steps
     assert seen[1] is one_row and 2 in seen and 32 in seen  # 32: the 21 + 4 prompt tokens of the first step

@@ -1,5 +1,6 @@
 """Sampler behaviour: per-row independence, seeds, masks, logprobs, slot state and compile count."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -7,7 +8,7 @@ from tests.serving.sampling_cases import EOS, NUM_SLOTS, draw_samples, run_batch
 from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS, prompt_logprobs
 from tpuserve.serving.sampler import sample
 from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sampling_metadata import SamplingMetadata, pack, unpack
 from tpuserve.serving.sampling_params import SamplingParams, SamplingParamsError
 
 VOCAB = 64
@@ -200,3 +201,21 @@ def test_knobs_past_int32_sample_as_their_unbounded_meaning() -> None:
     unbounded = SamplingParams(temperature=1.0, min_tokens=2**31 - 1, max_tokens=None, seed=3)
     np.testing.assert_array_equal(draw_samples(logits, huge, 256), draw_samples(logits, unbounded, 256))
     assert EOS not in draw_samples(logits, huge, 256)
+
+
+def test_packed_metadata_unpacks_to_the_same_fields_in_a_program() -> None:
+    """The runner sends the metadata as one uint32 array; every field, float, bool and 64-bit seed words
+    included, must come back bit for bit."""
+    params = [
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, min_p=0.05, seed=2**40 + 3, logprobs=2,
+                       logit_bias={1: 2.0}, repetition_penalty=1.3, min_tokens=4),
+        SamplingParams(temperature=0, presence_penalty=-0.5, frequency_penalty=1.5, seed=-7),
+    ]
+    meta = SamplingMetadata.from_params(params, num_rows=4, slot_ids=[3, 1], output_lens=[5, 0],
+                                        request_numbers=[7, 8], engine_seed=9, record=[True, False])
+    words = pack(meta)
+    assert words.shape == (16, 4) and words.dtype == np.uint32
+    unpacked = jax.jit(unpack)(words)
+    for name, expected, got in zip(SamplingMetadata._fields, meta, unpacked, strict=True):
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        np.testing.assert_array_equal(np.asarray(got), expected, err_msg=name)
