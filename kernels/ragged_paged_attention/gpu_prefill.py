@@ -35,6 +35,7 @@ from tpuserve.kernels.ragged_paged_attention.gpu_common import (
     pad_page_table,
     pages_per_tile,
 )
+from tpuserve.kernels.ragged_paged_attention.layout import SEARCH_METHOD
 
 TILE_ROWS = 64
 
@@ -57,7 +58,8 @@ def plan_query_blocks(
     cu_blocks = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(pl.cdiv(q_lens, block_q))])
     num_blocks = pl.cdiv(num_tokens, block_q) + min(max_seqs, num_tokens)
     block = jnp.arange(num_blocks, dtype=jnp.int32)
-    seq = jnp.clip(jnp.searchsorted(cu_blocks, block, side="right") - 1, 0, max_seqs - 1)
+    seq = jnp.searchsorted(cu_blocks, block, side="right", method=SEARCH_METHOD) - 1
+    seq = jnp.clip(seq, 0, max_seqs - 1)
     offset = (block - cu_blocks[seq]) * block_q
     count = jnp.clip(q_lens[seq] - offset, 0, block_q)
     return QueryBlocks(

@@ -18,6 +18,11 @@ from tpuserve.kernels.ragged_paged_attention.storage import (
 BACKENDS = ("reference", "gpu", "tpu")
 TPU_LANES = 128
 _PLATFORM_BACKEND = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
+# `jnp.searchsorted` over a step's sequence boundaries: comparing every pair is a few thousand elements,
+# where the default binary search is a `while` loop of ~log2(S) steps, which XLA:GPU drives from the host.
+# An H100 trace of one-row forwards (S = 8) showed two host-driven 4-step loops of ~0.2 ms each, the two
+# searches' length there (docs/performance.md, eleventh session).
+SEARCH_METHOD = "compare_all"
 
 
 class KernelInputError(ValueError):
@@ -106,7 +111,8 @@ def token_positions(
     num_seqs_scalar = num_seqs[0]
     ends = jnp.where(jnp.arange(cu_q_lens.shape[0]) <= num_seqs_scalar, cu_q_lens, cu_q_lens[num_seqs_scalar])
     rows = jnp.arange(num_tokens, dtype=jnp.int32)
-    seq_ids = jnp.clip(jnp.searchsorted(ends[1:], rows, side="right"), 0, kv_lens.shape[0] - 1)
+    seq_ids = jnp.searchsorted(ends[1:], rows, side="right", method=SEARCH_METHOD)
+    seq_ids = jnp.clip(seq_ids, 0, kv_lens.shape[0] - 1)
     positions = kv_lens[seq_ids] - (ends[seq_ids + 1] - rows)
     return seq_ids.astype(jnp.int32), positions.astype(jnp.int32), rows < ends[num_seqs_scalar]
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, token_positions
+from tpuserve.kernels.ragged_paged_attention.layout import SEARCH_METHOD, cache_slots, token_positions
 from tpuserve.kernels.ragged_paged_attention.storage import (
     kv_cache_value_dtype,
     pack_rows,
@@ -89,7 +89,7 @@ def _make_items(
     per_seq = jnp.where(selected, -(-q_lens // spec.block_q), 0)
     ends = jnp.cumsum(per_seq)
     index = jnp.arange(capacity)
-    seq = jnp.clip(jnp.searchsorted(ends, index, side="right"), 0, num_seqs_padded - 1)
+    seq = jnp.clip(jnp.searchsorted(ends, index, side="right", method=SEARCH_METHOD), 0, num_seqs_padded - 1)
     row = cu_q_lens[seq] + (index - ends[seq] + per_seq[seq]) * spec.block_q
     rows = jnp.where(index < ends[-1], jnp.clip(cu_q_lens[seq + 1] - row, 0, spec.block_q), 0)
     first_pos = kv_lens[seq] - (cu_q_lens[seq + 1] - row)
