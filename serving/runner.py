@@ -120,7 +120,7 @@ class ModelRunner:
         self.weights = Weights.of(model)
         # One-row programs (a lone decode token, one sampled row's LM head) run on a copy of the projection
         # kernels stored [out, in] where that layout is the fast one (`EngineConfig.one_row_out_major`).
-        dtype = jax.tree.leaves(self.weights.params)[0].dtype
+        dtype = self.weights.leaves[0].dtype
         self.one_row_weights = self.weights
         if config.one_row_out_major and dtype.itemsize < 4:
             self.one_row_weights = Weights.of(with_out_major_kernels(model))
