@@ -13,8 +13,8 @@ import numpy as np
 
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.programs import StepInputs
 from tpuserve.serving.request import Request
-from tpuserve.serving.runner import StepInputs
 from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
 
 

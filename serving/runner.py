@@ -1,20 +1,8 @@
 """Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
 
-Jitted programs, each compiled once per bucket and all at start-up (`precompile`):
-- `forward`, per token bucket `T` (for `T = 1` on a copy of 16-bit weights whose projection kernels are
-  stored [out, in], see `EngineConfig.one_row_out_major`): the step's int32 inputs in one buffer
-  (`StepInputs`: token ids with their sources, positions, attention metadata sized to `max_num_seqs` rows,
-  the rows to sample from), the previous step's sampled tokens (`[max_num_seqs]`: a token still in flight
-  is read from there, on the device), the donated KV caches and the model's RoPE tables in; the
-  final-normed hidden `[T, hidden]`, the `max_num_seqs` sampled rows and the caches out;
-- `sample`, per sequence bucket `S`, all-greedy and general: the LM head on the first `S` sampled rows
-  (weights chosen as for `forward`), the sampler (`tpuserve.serving.sampler.sample`, its metadata packed in
-  one array) and the tokens padded to `max_num_seqs` rows for the next step, in one program;
-- `gather` per token bucket `T` and `logits` per sequence bucket `S`, for prompt logprobs;
-- the sampler-table slot write (one shape).
-Each program's weights travel as one flat list of arrays (`Weights`), which jit flattens cheapest: on a
-GPU the host's dispatch work, not the device, bounds a small model's step.
-Batch composition lives in arrays, so a workload of any mix runs on these programs alone.
+The runner owns the arrays (weights, KV caches, sampler tables) and feeds them to the jitted programs of
+`tpuserve.serving.programs`, which it shares with every runner of the same model structure and shapes.
+Batch composition lives in arrays, so a workload of any mix runs on the precompiled buckets alone.
 
 A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
 head-sharded on it, the sampler tables replicated over it, and the attention kernel runs per shard.
@@ -26,7 +14,6 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -34,14 +21,15 @@ from jax.sharding import PartitionSpec as P
 from jax.tree_util import PyTreeDef
 
 from tpuserve.model import Transformer, with_out_major_kernels
-from tpuserve.model.paged import AttentionMetadata, init_kv_caches, paged_forward
+from tpuserve.model.paged import init_kv_caches
 from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.logprobs import TokenLogprobs, prompt_logprobs
-from tpuserve.serving.sampler import SamplerOutput, sample
+from tpuserve.serving.programs import Programs, ProgramSpec, StepInputs
+from tpuserve.serving.sampler import SamplerOutput
 from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata, pack, unpack
+from tpuserve.serving.sampling_metadata import SamplingMetadata, pack
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
 
 
@@ -68,47 +56,10 @@ class Weights:
         """The arrays nested by module, as `nnx.to_pure_dict` gives them."""
         return jax.tree.unflatten(self.treedef, self.leaves)
 
-    def module(self, leaves: list[jax.Array]) -> nnx.Module:
-        """The model on LEAVES (inside a jitted program: their tracers)."""
-        return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, leaves))
-
-
-@dataclasses.dataclass(frozen=True)
-class StepInputs:
-    """One forward pass's int32 host inputs, padded to a token bucket `T` and to `S = max_num_seqs` rows.
-
-    Every field is a view into `buffer`, and the buffer is what the forward receives: one host-to-device
-    copy per step instead of eight (each array argument costs its own transfer and dispatch work).
-    """
-
-    buffer: np.ndarray  # int32: the fields below, in order
-    token_ids: np.ndarray  # [T]
-    token_sources: np.ndarray  # [T]: -1, or the row of the previous step's sampled tokens to use
-    positions: np.ndarray  # [T]
-    kv_lens: np.ndarray  # [S]
-    page_indices: np.ndarray  # [S, pages_per_seq]
-    cu_q_lens: np.ndarray  # [S + 1]
-    num_seqs: np.ndarray  # [1]
-    sample_rows: np.ndarray  # [S]: the hidden row of each sampled sequence's last token
-
-    @classmethod
-    def empty(cls, num_tokens: int, max_num_seqs: int, pages_per_seq: int) -> StepInputs:
-        """All padding: zero sequences, every write aimed at the null page, no token in flight."""
-        buffer = np.zeros(3 * num_tokens + max_num_seqs * (pages_per_seq + 3) + 2, np.int32)
-        inputs = cls(buffer, *split_step_buffer(buffer, max_num_seqs, pages_per_seq))
-        inputs.token_sources[:] = -1
-        return inputs
-
-
-def split_step_buffer(buffer: np.ndarray | jax.Array, max_num_seqs: int, pages_per_seq: int) -> tuple:
-    """A `StepInputs.buffer`'s fields in order: views of it on the host, slices of it inside a program."""
-    seqs = max_num_seqs
-    tokens = (buffer.shape[0] - seqs * (pages_per_seq + 3) - 2) // 3
-    sizes = (tokens, tokens, tokens, seqs, seqs * pages_per_seq, seqs + 1, 1, seqs)
-    ends = np.cumsum(sizes).tolist()
-    fields = [buffer[end - size : end] for size, end in zip(sizes, ends, strict=True)]
-    fields[4] = fields[4].reshape(seqs, pages_per_seq)
-    return tuple(fields)
+    @property
+    def structure(self) -> tuple[nnx.GraphDef, PyTreeDef]:
+        """What a program needs besides the leaves to rebuild the model (`ProgramSpec.structures`)."""
+        return self.graphdef, self.treedef
 
 
 class ModelRunner:
@@ -139,36 +90,11 @@ class ModelRunner:
         self.rope_tables = jax.device_put(model.rope_tables(config.max_model_len), placement)
         # The newest sampled tokens stay here, so a step can be dispatched before the host has read them.
         self.last_tokens = jax.device_put(np.zeros(config.max_num_seqs, np.int32), placement)
-        self._backend = backend
-        self._forward = jax.jit(self._forward_impl, static_argnums=0, donate_argnums=2)
-        self._gather = jax.jit(lambda hidden, rows: hidden[rows])
-        self._logits = jax.jit(self._logits_impl, static_argnums=(0, 3))
-        self._sample = jax.jit(self._sample_impl, static_argnums=(0, 1), donate_argnums=4)
-
-    # `one_row` (static) picks the graph: a bool hashes for free, an nnx graph took ~1 ms per call.
-    def _forward_impl(self, one_row, leaves, kv_caches, step_buffer, last_tokens, rope_tables):
-        config = self.config
-        token_ids, token_sources, positions, *metadata, sample_rows = split_step_buffer(
-            step_buffer, config.max_num_seqs, config.pages_per_seq)
-        token_ids = jnp.where(token_sources < 0, token_ids, last_tokens[jnp.maximum(token_sources, 0)])
-        hidden, kv_caches = paged_forward(self.weights_for(one_row).module(leaves), token_ids, positions,
-                                          kv_caches, AttentionMetadata(*metadata), self._backend, self.mesh,
-                                          rope_tables)
-        return hidden, hidden[sample_rows], kv_caches
-
-    def _logits_impl(self, one_row, leaves, rows, num_rows):
-        # A vocab-sharded LM head is padded to a multiple of the shards; the padding is no token.
-        model = self.weights_for(one_row).module(leaves)
-        return model.logits(rows[:num_rows])[:, : self.model_config.vocab_size]
-
-    def _sample_impl(self, one_row, random, leaves, sample_hidden, sampler_state, meta_words):
-        """The LM head, the sampler and the tokens padded for the next step: one dispatch, not three."""
-        meta = unpack(meta_words)
-        num_rows = meta.slot_ids.shape[0]
-        logits = self._logits_impl(one_row, leaves, sample_hidden, num_rows)
-        output, sampler_state = sample(logits, sampler_state, meta, random=random)
-        last_tokens = jnp.pad(output.token_ids, (0, self.config.max_num_seqs - num_rows))
-        return output, sampler_state, last_tokens
+        programs = Programs.shared(ProgramSpec(
+            (self.weights.structure, self.one_row_weights.structure), config.max_num_seqs,
+            config.pages_per_seq, model.config.vocab_size, backend, self.mesh))
+        self._forward, self._gather = programs.forward, programs.gather
+        self._logits, self._sample = programs.logits, programs.sample
 
     def weights_for(self, one_row: bool) -> Weights:
         """The weights of the programs for one row (ONE_ROW) or for any other row count."""

@@ -1,8 +1,9 @@
 """Tiny random llama, qwen3 and gemma2 checkpoints for the tensor-parallel tests, saved like users' models.
 
 Head counts are chosen so tensor parallel sizes 2 and 4 cover both KV-head layouts: split evenly (qwen3,
-4 KV heads) and replicated at load (llama and gemma2, 2 KV heads at tp=4); odd vocabularies force the
-vocab padding. Written with `transformers` (seeded), read back by our loader.
+4 KV heads) and replicated at load (llama and gemma2, 2 KV heads at tp=4); `smollm2_heads` has SmolLM2's
+9 query and 3 KV heads and tied embeddings, for a split over 3 devices. Odd vocabularies force the vocab
+padding. Written with `transformers` (seeded), read back by our loader.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ FAMILIES: dict[str, tuple[type, type, dict[str, object]]] = {
                {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 103,
                 "sliding_window": 8, "query_pre_attn_scalar": 24, "final_logit_softcapping": 3.0,
                 "attn_logit_softcapping": 2.0}),
+    "smollm2_heads": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                      {"hidden_size": 72, "intermediate_size": 144, "num_attention_heads": 9,
+                       "num_key_value_heads": 3, "vocab_size": 107, "tie_word_embeddings": True}),
 }
 
 
@@ -34,7 +38,7 @@ def write_family_checkpoint(family: str, directory: Path, seed: int = 0) -> Path
     """Every tensor random (norms and biases too), so a mis-sharded or mis-copied one shows in the logits."""
     config_cls, model_cls, overrides = FAMILIES[family]
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**COMMON, **overrides))
+    model = model_cls(config_cls(**(COMMON | overrides)))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():

@@ -1,9 +1,11 @@
 """Tensor parallel sizes 1, 2, 4 (3 for SmolLM2's 9 query / 3 KV heads) give the same model.
 
 Each checkpoint runs once in a worker with 8 fake CPU devices (`workers/tp_run.py`); size 1 is the plain
-single-device engine, the oracle. Checked here: dense logits and the engine's greedy tokens and top
-logprobs within 1e-4 of size 1, no compiles while serving, and every parameter's and the KV cache's actual
-sharding against the Megatron layout written out independently below.
+single-device engine, the oracle. The SmolLM2-shaped one is converted to our Orbax format first, the path
+the embedded model's warm cache takes, so a restore split over a mesh is checked too. Checked here: dense
+logits and the engine's greedy tokens and top logprobs within 1e-4 of size 1, no compiles while serving,
+and every parameter's and the KV cache's actual sharding against the Megatron layout written out
+independently below.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pytest
 from tests.parallel.checkpoints import COMMON, FAMILIES, write_family_checkpoint
 from tests.parallel.run_worker import run_worker
 from tpuserve.kernels import kv_cache_spec
+from tpuserve.model import load_model
+from tpuserve.model.loading import save_converted
 
 TOLERANCE = 1e-4
 # parameter name ending -> (sharded axis or None, what that axis counts)
@@ -25,7 +29,7 @@ EXPECTED_AXIS: dict[str, int | None] = {
 }
 
 
-CASES = {"llama": "1,2,4", "qwen3": "1,2,4", "gemma2": "1,2,4", "smollm2": "1,3"}
+CASES = {"llama": "1,2,4", "qwen3": "1,2,4", "gemma2": "1,2,4", "smollm2_heads": "1,3"}
 Runs = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
@@ -35,7 +39,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("tp")
     args = []
     for name, sizes in CASES.items():
-        checkpoint = "default" if name == "smollm2" else write_family_checkpoint(name, root / name)
+        checkpoint = write_family_checkpoint(name, root / name)
+        if name == "smollm2_heads":
+            checkpoint = save_converted(load_model(checkpoint, "float32"), root / f"{name}-orbax")
         args += [name, checkpoint, sizes]
     reports = run_worker("tp_run", *args, out=root / "tp.json")
     with np.load(root / "tp.npz") as logits:
@@ -44,8 +50,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
 def heads(name: str) -> tuple[int, int, int, int]:
     """(query heads, KV heads, head_dim, vocab) of a test checkpoint, from its HF config."""
-    if name == "smollm2":
-        return 9, 3, 64, 49152
     overrides = FAMILIES[name][2]
     return (overrides["num_attention_heads"], overrides["num_key_value_heads"], COMMON["head_dim"],
             overrides["vocab_size"])

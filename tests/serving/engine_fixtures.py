@@ -9,20 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tests.serving.api.server_process import ENGINE_CONFIG
 from tpuserve.model import LoadedModel
 from tpuserve.serving import LLM, RequestOutput
 
 PAD_MULTIPLE = 128  # the dense oracle pads to this, so few lengths compile
 # id(LoadedModel) -> the (prompt, generated) pairs already found to be its dense greedy decoding
 _VERIFIED: dict[int, set[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+TIGHT = {"page_size": None, "max_model_len": 608, "num_pages": 16}
+"""The platform's page size (64 tokens on CPU) in a pool of 15 pages, 960 tokens: one sequence of the
+608-token context takes 10, so concurrent requests preempt one another (a smaller pool mostly adds
+recomputation: 11 pages ran the async-scheduling workload in 62 s, 15 in 29 s)."""
 
 
 def make_llm(loaded: LoadedModel, **overrides: object) -> LLM:
-    """A small-bucket engine: max 16 sequences, 128-token steps, 768-token context."""
-    kwargs = {"max_model_len": 768, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16,
-              "num_pages": 400, "use_tqdm": False}
-    kwargs.update(overrides)
-    return LLM(loaded, **kwargs)
+    """An engine of the suite's shapes (`ENGINE_CONFIG`, which the API tests' server runs too): max 16
+    sequences, 128-token steps from 16-token buckets, 1024-token context; OVERRIDES change them."""
+    return LLM(loaded, **(ENGINE_CONFIG | {"use_tqdm": False} | overrides))
 
 
 def dense_logprobs(loaded: LoadedModel, token_ids: list[int]) -> np.ndarray:

@@ -8,14 +8,13 @@ import itertools
 import pytest
 
 from tests.serving.engine_fixtures import make_llm
-from tpuserve.model import load_model
 from tpuserve.serving import SamplingParams
 from tpuserve.serving.async_engine import AsyncEngine
 
 
 @pytest.fixture(scope="module")
-def llm():
-    return make_llm(load_model(None, "float32"))
+def llm(loaded):
+    return make_llm(loaded)
 
 
 def test_concurrent_streams_match_offline_and_abort_frees_pages(llm) -> None:

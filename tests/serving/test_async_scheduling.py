@@ -7,21 +7,12 @@ must give the same tokens, text, reasons and logprobs.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from tests.serving.engine_fixtures import make_llm
-from tpuserve.model import load_model
+from tests.serving.engine_fixtures import TIGHT, make_llm
 from tpuserve.serving import SamplingParams
 from tpuserve.serving.compilation import compilation_count
 
-# A tight page pool (preemptions), and buckets from 16 tokens: half the programs to compile, twice over.
-SMALL = {"num_pages": 50, "max_model_len": 608, "min_token_bucket": 16}
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return load_model(None, "float32")
 
 
 def workload(loaded, greedy_story: list[int]) -> tuple[list[list[int]], list[SamplingParams]]:
@@ -71,13 +62,14 @@ def logprob_values(outputs) -> np.ndarray:
 
 
 def test_async_and_sync_scheduling_give_the_same_outputs(loaded) -> None:
-    sync = make_llm(loaded, async_scheduling=False, **SMALL)
+    sync = make_llm(loaded, async_scheduling=False, **TIGHT)
     greedy_story = sync.generate([STORY], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
                                  use_tqdm=False)[0].outputs[0].token_ids
     prompts, params = workload(loaded, greedy_story)
     expected = sync.generate(prompts, params, use_tqdm=False)
-    asynchronous = make_llm(loaded, **SMALL)
     before = compilation_count()
+    asynchronous = make_llm(loaded, **TIGHT)
+    assert compilation_count() == before, "an engine of the same shapes reuses the programs"
     got = asynchronous.generate(prompts, params, use_tqdm=False)
     assert compilation_count() == before
     assert summary(got) == summary(expected)
@@ -93,7 +85,7 @@ def test_async_and_sync_scheduling_give_the_same_outputs(loaded) -> None:
 
 
 def test_abort_while_its_token_is_in_flight(loaded) -> None:
-    llm = make_llm(loaded, min_token_bucket=16)
+    llm = make_llm(loaded)
     engine = llm.engine
     story = loaded.tokenizer.encode(STORY)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

@@ -9,8 +9,8 @@ import numpy as np
 
 from tpuserve.serving.batch import prepare_step
 from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.programs import StepInputs, split_step_buffer
 from tpuserve.serving.request import Request
-from tpuserve.serving.runner import StepInputs, split_step_buffer
 from tpuserve.serving.sampling_params import SamplingParams
 from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
 

@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 
 from tests.serving.engine_fixtures import dense_logprobs, make_llm
-from tpuserve.model import load_model
 from tpuserve.serving import SamplingParams
 from tpuserve.serving.compilation import compilation_count
 from tpuserve.serving.engine import PromptTooLongError
 
 PROMPT = "The three primary colors are"
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return load_model(None, "float32")
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +103,9 @@ def test_abort_frees_every_page(llm) -> None:
 
 
 def test_prompt_longer_than_context_is_refused(llm) -> None:
-    with pytest.raises(PromptTooLongError, match="maximum context length of 768"):
-        llm.generate([[1] * 769], SamplingParams(max_tokens=1), use_tqdm=False)
+    context = llm.config.max_model_len
+    with pytest.raises(PromptTooLongError, match=f"maximum context length of {context}"):
+        llm.generate([[1] * (context + 1)], SamplingParams(max_tokens=1), use_tqdm=False)
     assert not llm.engine.has_unfinished
 
 

@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.serving.engine_fixtures import assert_dense_greedy, make_llm
-from tpuserve.model import load_model
+from tests.serving.engine_fixtures import TIGHT, assert_dense_greedy, make_llm
 from tpuserve.serving import SamplingParams
 
 MAX_TOKENS = 5
@@ -15,11 +14,6 @@ GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
 # Prompts generated one request at a time: each length class (1 to 600 tokens, random and text, with and
 # without a shared prefix) once; all 32 one by one cost over a minute and a half.
 ONE_AT_A_TIME = (0, 5, 10, 12, 15, 19, 20, 27, 28, 31)
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return load_model(None, "float32")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def test_one_batch_with_prefix_caching(loaded, prompts) -> None:
 def test_platform_default_page_size(loaded, prompts) -> None:
     """The 8 prompts sharing a 300-token prefix at the platform's page size (64 tokens on CPU: up to 4 full
     pages of the prefix are cached and shared, in whole pages)."""
-    llm = make_llm(loaded, page_size=None, num_pages=60, min_token_bucket=16)  # half the programs to compile
+    llm = make_llm(loaded, **TIGHT)
     assert llm.config.page_size == (64 if jax.default_backend() == "cpu" else 16)
     shared = prompts[20:28]
     outputs = llm.generate(shared, GREEDY, use_tqdm=False)
@@ -80,8 +74,7 @@ def test_one_at_a_time_without_prefix_caching(loaded, prompts) -> None:
 
 
 def test_small_page_pool_forces_preemption(loaded, prompts) -> None:
-    # 39 usable pages hold 624 tokens: barely one 600-token prompt, so concurrent sequences collide.
-    llm = make_llm(loaded, num_pages=40, max_model_len=608, min_token_bucket=16)
+    llm = make_llm(loaded, **TIGHT)
     outputs = llm.generate(prompts, GREEDY, use_tqdm=False)
     assert llm.engine.scheduler.num_preemptions > 0
     check_all(loaded, outputs, prompts)

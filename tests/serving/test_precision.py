@@ -15,7 +15,7 @@ from tpuserve.model import LoadedModel, load_model
 from tpuserve.serving import config as config_module
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
 from tpuserve.serving.engine import Engine
-from tpuserve.serving.runner import split_step_buffer
+from tpuserve.serving.programs import split_step_buffer
 from tpuserve.serving.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU defaults")

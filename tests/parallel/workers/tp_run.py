@@ -1,8 +1,8 @@
 """Worker: load checkpoints at several tensor-parallel sizes and report what each produced, as JSON.
 
 Run as `python -m tests.parallel.workers.tp_run NAME CHECKPOINT TP[,TP...] [NAME CHECKPOINT TP...] OUT.json`
-(CHECKPOINT `default` is the embedded SmolLM2) in a process whose XLA_FLAGS fake enough CPU devices; one
-process serves all cases, as each start costs seconds of imports. The parent test compares the sizes and
+in a process whose XLA_FLAGS fake enough CPU devices; one process serves all cases, as each start costs
+seconds of imports. The parent test compares the sizes and
 checks the reported shardings. Size 1 loads without a mesh: the single-device engine. Dense logits go
 beside OUT, in OUT with suffix `.npz` (key `NAME/TP`), as JSON would be large and slow.
 """
@@ -48,7 +48,7 @@ def dense_logits(model: nnx.Module, token_ids: jax.Array) -> jax.Array:
     return model(token_ids)
 
 
-def run(checkpoint: str | None, tp: int, prompts: list[list[int]],
+def run(checkpoint: str, tp: int, prompts: list[list[int]],
         dense_ids: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
     loaded: LoadedModel = load_model(checkpoint, "float32", mesh=make_mesh(tp) if tp > 1 else None)
     vocab = loaded.config.vocab_size
@@ -71,7 +71,7 @@ def run(checkpoint: str | None, tp: int, prompts: list[list[int]],
     }, logits
 
 
-def run_sizes(checkpoint: str | None, sizes: list[int]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+def run_sizes(checkpoint: str, sizes: list[int]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
     vocab = ModelConfig.from_hf(read_hf_config(resolve_checkpoint(checkpoint))[0]).vocab_size
     rng = np.random.default_rng(7)
     prompts = [rng.integers(3, vocab, n).tolist() for n in PROMPT_LENS]
@@ -83,7 +83,7 @@ def main() -> None:
     *cases, out = sys.argv[1:]
     reports, logits = {}, {}
     for name, checkpoint, sizes in zip(cases[::3], cases[1::3], cases[2::3], strict=True):
-        runs = run_sizes(None if checkpoint == "default" else checkpoint, [int(s) for s in sizes.split(",")])
+        runs = run_sizes(checkpoint, [int(s) for s in sizes.split(",")])
         reports[name] = {tp: report for tp, (report, _) in runs.items()}
         logits.update({f"{name}/{tp}": array for tp, (_, array) in runs.items()})
     np.savez(Path(out).with_suffix(".npz"), **logits)

@@ -34,8 +34,7 @@ def loaded() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, loaded: LoadedModel) -> Iterator[ServerProcess]:
-    """Started after `loaded`, so the server reads the warm converted checkpoint like every later load
-    (a cold GGUF load yields uncommitted arrays, whose programs miss JAX's persistent compile cache)."""
+    """Started after `loaded`, so the server reads the warm converted checkpoint like every later load."""
     if EXTERNAL_SERVER:
         yield ServerProcess.attach(EXTERNAL_SERVER, API_KEY)
         return

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import httpx
 
-ENGINE_ARGS = ("--max-model-len", "1024", "--max-num-seqs", "16", "--max-num-batched-tokens", "128",
-               "--page-size", "16", "--min-token-bucket", "16")
-"""Small buckets shared with the in-process `LLM` of the tests, so compiles hit one persistent cache."""
 ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16,
                  "min_token_bucket": 16}
+"""The suite's SmolLM2 engine shapes (4 token and 2 sequence buckets), for the server and the in-process
+engines alike (`tests.serving.engine_fixtures.make_llm`): compiled once in the server and once in the test
+process, whose engines share their programs."""
+ENGINE_ARGS = tuple(arg for key, value in ENGINE_CONFIG.items()
+                    for arg in (f"--{key.replace('_', '-')}", str(value)))
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 

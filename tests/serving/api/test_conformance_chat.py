@@ -14,16 +14,15 @@ import openai
 import pytest
 
 from tests.serving.api.prompts import FORCE_LENGTH, MAX_TOKENS, chat_prompt_ids, greedy, random_messages
-from tests.serving.api.server_process import ENGINE_CONFIG, ServerProcess
-from tpuserve.model import LoadedModel, load_model
+from tests.serving.engine_fixtures import make_llm
+from tpuserve.model import LoadedModel
 from tpuserve.serving import LLM, SamplingParams
 
 
 @pytest.fixture(scope="module")
-def offline_llm(server: ServerProcess) -> LLM:
-    """Same engine config as the server, and built after it from the same warm checkpoint (not from the
-    session's first, cold `loaded`), so its compiles come from the persistent cache the server filled."""
-    return LLM(load_model(None), **ENGINE_CONFIG, use_tqdm=False)
+def offline_llm(loaded: LoadedModel) -> LLM:
+    """The server's engine shapes in-process (`make_llm`): the independent reference for greedy outputs."""
+    return make_llm(loaded)
 
 
 def test_response_shape_and_exact_usage(client: openai.OpenAI, model_name: str, loaded: LoadedModel,

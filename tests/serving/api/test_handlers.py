@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.serving.engine_fixtures import make_llm
-from tpuserve.model import load_model
+from tpuserve.model import LoadedModel
 from tpuserve.serving import LLM, SamplingParams
 from tpuserve.serving.api import ServingContext, build_app
 from tpuserve.serving.async_engine import AsyncEngine
@@ -29,8 +29,8 @@ REFERENCE_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def llm() -> LLM:
-    return make_llm(load_model(None, "float32"))
+def llm(loaded: LoadedModel) -> LLM:
+    return make_llm(loaded)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_completion_stream_interleaves_prompts(client: TestClient) -> None:
          "top_logprobs"),
         ("/v1/chat/completions", {"messages": user("hi"), "temperature": -0.5}, 400, "temperature"),
         ("/v1/chat/completions", {"messages": user("hi"), "logit_bias": {"49152": 1}}, 400, "logit_bias"),
-        ("/v1/completions", {"prompt": "x " * 800}, 400, "input_tokens"),
+        ("/v1/completions", {"prompt": "x " * 1100}, 400, "input_tokens"),
         ("/v1/completions", {"prompt": [5, 99999]}, 400, "prompt"),
         ("/v1/completions", {"prompt": "hi", "logprobs": 99}, 400, "logprobs"),
     ],
@@ -216,11 +216,12 @@ def test_tokenize_detokenize_models_health_version(client: TestClient, llm: LLM)
     assert tokens["tokens"] == tokenizer.encode(text) and tokens["count"] == len(tokens["tokens"])
     assert tokens["token_strs"] == tokenizer.convert_ids_to_tokens(tokens["tokens"])
     chat = client.post("/tokenize", json={"messages": user(text)}).json()
-    assert chat["tokens"] == chat_prompt_ids(llm, user(text)) and chat["max_model_len"] == 768
+    context = llm.config.max_model_len
+    assert chat["tokens"] == chat_prompt_ids(llm, user(text)) and chat["max_model_len"] == context
     assert client.post("/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": text}
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [NAME, "alias"]
-    assert all(m["object"] == "model" and m["max_model_len"] == 768 for m in models["data"])
+    assert all(m["object"] == "model" and m["max_model_len"] == context for m in models["data"])
     assert client.get("/health").status_code == 200
     assert set(client.get("/version").json()) == {"version"}
 
