@@ -2,9 +2,9 @@
 
 Run as `python -m tests.parallel.workers.tp_run NAME CHECKPOINT TP[,TP...] [NAME CHECKPOINT TP...] OUT.json`
 in a process whose XLA_FLAGS fake enough CPU devices; one process serves all cases, as each start costs
-seconds of imports. The parent test compares the sizes and
-checks the reported shardings. Size 1 loads without a mesh: the single-device engine. Dense logits go
-beside OUT, in OUT with suffix `.npz` (key `NAME/TP`), as JSON would be large and slow.
+seconds of imports. The parent test compares the sizes and checks the reported shardings. Size 1 loads
+without a mesh: the single-device engine. Dense logits go beside OUT, in OUT with suffix `.npz` (key
+`NAME/TP`), as JSON would be large and slow.
 """
 
 from __future__ import annotations
