@@ -20,7 +20,7 @@ from tpuserve.serving.llm import LLM
 from tpuserve.serving.sampling_params import SamplingParams
 
 ENGINE_ARGS = (("max_model_len", None), ("max_num_seqs", 64), ("max_num_batched_tokens", 512),
-               ("page_size", None), ("num_pages", None))
+               ("page_size", None), ("num_pages", None), ("min_token_bucket", None))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,10 +7,12 @@ built from the config transformers derives from the same file. Both models are b
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,7 +67,11 @@ def ours() -> Transformer:
 def reference() -> PreTrainedModel:
     config = AutoConfig.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2.name)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    tensors = load_gguf_checkpoint(str(SMOLLM2), return_tensors=True, model_to_load=model)["tensors"]
+    # transformers rebuilds gguf's name table once per module of the model (397 times, ~10 s); it is a pure
+    # function of (architecture, layer count), so one table serves every call.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        tensors = load_gguf_checkpoint(str(SMOLLM2), return_tensors=True, model_to_load=model)["tensors"]
     unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
     assert not unexpected and len(tensors) == len(model.state_dict()) - config.tie_word_embeddings
     model.tie_weights()

@@ -1,9 +1,9 @@
 """Tiny random llama, qwen3 and gemma2 checkpoints for the tensor-parallel tests, saved like users' models.
 
-Head counts are chosen so tensor parallel sizes 2 and 4 cover both KV-head layouts: split evenly (qwen3,
-4 KV heads) and replicated at load (llama and gemma2, 2 KV heads at tp=4); `smollm2_heads` has SmolLM2's
-9 query and 3 KV heads and tied embeddings, for a split over 3 devices. Odd vocabularies force the vocab
-padding. Written with `transformers` (seeded), read back by our loader.
+Head counts are chosen so tensor parallel sizes 2 and 4 cover both KV-head layouts: split evenly (qwen3's
+4 KV heads at 2 and 4, gemma2's 2 at 2) and replicated at load (llama's 2 KV heads at 4); `smollm2_heads`
+has SmolLM2's 9 query and 3 KV heads and tied embeddings, for a split over 3 devices. Odd vocabularies force
+the vocab padding. Written with `transformers` (seeded), read back by our loader.
 """
 
 from __future__ import annotations

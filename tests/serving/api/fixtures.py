@@ -32,17 +32,37 @@ def loaded() -> LoadedModel:
     return load_model(None)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, loaded: LoadedModel) -> Iterator[ServerProcess]:
-    """Started after `loaded`, so the server reads the warm converted checkpoint like every later load."""
-    if EXTERNAL_SERVER:
-        yield ServerProcess.attach(EXTERNAL_SERVER, API_KEY)
+_WANTS_SERVER = pytest.StashKey[bool]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_WANTS_SERVER] = any("server" in getattr(item, "fixturenames", ())
+                                              for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _launched_server(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess | None]:
+    """The session's server, launched as the session starts when a selected test needs it: it loads and
+    compiles in its own process (a minute or more on a 2-core CPU) while the tests before the API tests
+    run, mostly on the other core. Launched after `loaded`, so it reads the warm converted checkpoint."""
+    if EXTERNAL_SERVER or not request.config.stash.get(_WANTS_SERVER, False):
+        yield None
         return
-    process = ServerProcess.start(tmp_path_factory.mktemp("server") / "server.log", *ENGINE_ARGS,
-                                  api_key=API_KEY)
+    request.getfixturevalue("loaded")
+    process = ServerProcess.launch(tmp_path_factory.mktemp("server") / "server.log", *ENGINE_ARGS,
+                                   api_key=API_KEY)
     yield process
     status = process.stop()
     assert status == 0, f"server exited with {status} on SIGTERM:\n{process.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def server(_launched_server: ServerProcess | None) -> ServerProcess:
+    if _launched_server is None:
+        return ServerProcess.attach(EXTERNAL_SERVER, API_KEY)
+    _launched_server.wait_healthy()
+    return _launched_server
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,14 @@ class ServerProcess:
     def start(cls, log_path: Path, *args: str, api_key: str | None = None,
               timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
         """Start on a free port and return once `/health` answers 200 (after load and compile)."""
+        server = cls.launch(log_path, *args, api_key=api_key)
+        server.wait_healthy(timeout_s)
+        return server
+
+    @classmethod
+    def launch(cls, log_path: Path, *args: str, api_key: str | None = None) -> ServerProcess:
+        """Start on a free port without waiting: the caller goes on and calls `wait_healthy` when it
+        needs the server."""
         port = free_port()
         command = [sys.executable, "-m", "tpuserve.serving.cli.main", "serve", *args,
                    "--host", "127.0.0.1", "--port", str(port)]
@@ -61,15 +69,13 @@ class ServerProcess:
             command += ["--api-key", api_key]
         with log_path.open("w") as log:  # the environment, TPUSERVE_CACHE included, is inherited
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        server = cls(f"http://127.0.0.1:{port}", api_key, process, log_path)
-        server._wait_healthy(timeout_s)
-        return server
+        return cls(f"http://127.0.0.1:{port}", api_key, process, log_path)
 
     @classmethod
     def attach(cls, base_url: str, api_key: str | None) -> ServerProcess:
         """A server that is already running (e.g. one left up while iterating on the tests)."""
         server = cls(base_url.rstrip("/"), api_key)
-        server._wait_healthy(timeout_s=10.0)
+        server.wait_healthy(timeout_s=10.0)
         return server
 
     @property
@@ -97,7 +103,8 @@ class ServerProcess:
                 self.process.wait()
         return self.process.returncode
 
-    def _wait_healthy(self, timeout_s: float) -> None:
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Return once `/health` answers 200; stop the server and raise if it exits or times out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.is_alive():

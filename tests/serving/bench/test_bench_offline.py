@@ -23,7 +23,8 @@ def test_offline_generates_exactly_the_requested_tokens(tiny_dir: Path, tmp_path
     num, input_len, output_len = 6, 8, 5
     code = main(["bench", "offline", str(tiny_dir), "--num-prompts", str(num), "--input-len", str(input_len),
                  "--output-len", str(output_len), "--max-model-len", "64", "--max-num-seqs", "4",
-                 "--max-num-batched-tokens", "16", "--num-pages", "40", "--disable-tqdm",
+                 "--max-num-batched-tokens", "16", "--num-pages", "40", "--min-token-bucket", "16",
+                 "--disable-tqdm",
                  "--result-json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
