@@ -76,6 +76,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--page-size", type=int, default=None,
                         help="tokens per KV-cache page (default: 64 on CPU, 16 on accelerators)")
     engine.add_argument("--kv-cache-memory", type=memory_size, metavar="SIZE", help="KV-cache size, e.g. 4G")
+    engine.add_argument("--num-pages", type=int, help="KV-cache pages, the null page included; overrides "
+                        "--kv-cache-memory (vLLM's --num-gpu-blocks-override, e.g. to test preemption)")
     engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
     engine.add_argument(
         "--min-token-bucket", type=int,
@@ -152,6 +154,7 @@ def _make_llm(args: argparse.Namespace) -> functools.partial[LLM]:
         max_num_batched_tokens=args.max_num_batched_tokens,
         page_size=args.page_size,
         kv_cache_memory=args.kv_cache_memory,
+        num_pages=args.num_pages,
         kv_cache_dtype=args.kv_cache_dtype,
         min_token_bucket=args.min_token_bucket,
         enable_prefix_caching=args.enable_prefix_caching,

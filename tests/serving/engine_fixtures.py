@@ -16,15 +16,12 @@ from tpuserve.serving import LLM, RequestOutput
 PAD_MULTIPLE = 128  # the dense oracle pads to this, so few lengths compile
 # id(LoadedModel) -> the (prompt, generated) pairs already found to be its dense greedy decoding
 _VERIFIED: dict[int, set[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-TIGHT = {"page_size": None, "max_model_len": 608, "num_pages": 16}
-"""The platform's page size (64 tokens on CPU) in a pool of 15 pages, 960 tokens: one sequence of the
-608-token context takes 10, so concurrent requests preempt one another (a smaller pool mostly adds
-recomputation: 11 pages ran the async-scheduling workload in 62 s, 15 in 29 s)."""
 
 
 def make_llm(loaded: LoadedModel, **overrides: object) -> LLM:
     """An engine of the suite's shapes (`ENGINE_CONFIG`, which the API tests' server runs too): max 16
-    sequences, 128-token steps from 16-token buckets, 1024-token context; OVERRIDES change them."""
+    sequences, 128-token steps from 16-token buckets, 1024-token context, a 1280-token KV pool; OVERRIDES
+    change them."""
     return LLM(loaded, **(ENGINE_CONFIG | {"use_tqdm": False} | overrides))
 
 

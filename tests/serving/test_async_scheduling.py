@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.serving.engine_fixtures import TIGHT, make_llm
+from tests.serving.engine_fixtures import make_llm
 from tpuserve.serving import SamplingParams
 from tpuserve.serving.compilation import compilation_count
 
@@ -16,12 +16,12 @@ STORY = "Once upon a time, in a small village by the sea, there lived an old fis
 
 
 def workload(loaded, greedy_story: list[int]) -> tuple[list[list[int]], list[SamplingParams]]:
-    """Stops land mid-stream while other requests run on; a tight page pool adds preemptions."""
+    """Stops land mid-stream while other requests run on; the suite's small KV pool adds preemptions."""
     tokenizer = loaded.tokenizer
     stop_text = tokenizer.decode(greedy_story[10:12])
     rng = np.random.default_rng(3)
-    # the last one ends 5 tokens short of the 608-token context: a length stop by context, not max_tokens
-    long_prompts = [rng.integers(0, loaded.config.vocab_size, n).tolist() for n in (300, 420, 250, 603)]
+    # the last one ends 5 tokens short of the 1024-token context: a length stop by context, not max_tokens
+    long_prompts = [rng.integers(0, loaded.config.vocab_size, n).tolist() for n in (300, 420, 250, 1019)]
     story = tokenizer.encode(STORY)
     prompts = [story] * 6 + long_prompts
     params = [
@@ -62,13 +62,13 @@ def logprob_values(outputs) -> np.ndarray:
 
 
 def test_async_and_sync_scheduling_give_the_same_outputs(loaded) -> None:
-    sync = make_llm(loaded, async_scheduling=False, **TIGHT)
+    sync = make_llm(loaded, async_scheduling=False)
     greedy_story = sync.generate([STORY], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
                                  use_tqdm=False)[0].outputs[0].token_ids
     prompts, params = workload(loaded, greedy_story)
     expected = sync.generate(prompts, params, use_tqdm=False)
     before = compilation_count()
-    asynchronous = make_llm(loaded, **TIGHT)
+    asynchronous = make_llm(loaded)
     assert compilation_count() == before, "an engine of the same shapes reuses the programs"
     got = asynchronous.generate(prompts, params, use_tqdm=False)
     assert compilation_count() == before

@@ -13,7 +13,8 @@ import pytest
 from tests.model.tiny_checkpoint import CONFIG, hf_param_count, write_tiny_checkpoint
 from tpuserve.model import CheckpointKind, resolve_checkpoint
 from tpuserve.model.info import model_info
-from tpuserve.serving.cli.main import main
+from tpuserve.serving.cli.main import build_parser, main
+from tpuserve.serving.cli.serve import _make_llm
 
 TPUSERVE = Path(sys.executable).parent / "tpuserve"
 
@@ -80,3 +81,12 @@ def test_info_on_a_missing_path_prints_one_line_without_traceback(tmp_path: Path
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: /missing: no such file or directory")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_serve_engine_flags_reach_the_engine() -> None:
+    """`--num-pages` (vLLM's `--num-gpu-blocks-override`) wins over `--kv-cache-memory` for the pool size."""
+    args = build_parser().parse_args(["serve", "--num-pages", "17", "--kv-cache-memory", "1G", "--page-size",
+                                      "32", "--min-token-bucket", "4"])
+    engine = _make_llm(args).keywords
+    assert (engine["num_pages"], engine["kv_cache_memory"]) == (17, 1 << 30)
+    assert (engine["page_size"], engine["min_token_bucket"]) == (32, 4)

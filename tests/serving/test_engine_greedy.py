@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.serving.engine_fixtures import TIGHT, assert_dense_greedy, make_llm
+from tests.serving.engine_fixtures import assert_dense_greedy, make_llm
 from tpuserve.serving import SamplingParams
 
 MAX_TOKENS = 5
@@ -44,18 +44,20 @@ def check_all(loaded, outputs, prompts) -> None:
         assert_dense_greedy(loaded, output)
 
 
-def test_one_batch_with_prefix_caching(loaded, prompts) -> None:
+def test_one_batch_with_prefix_caching_and_preemption(loaded, prompts) -> None:
+    """The suite's KV pool holds about two of the longest prompts, so the batch preempts as it runs."""
     llm = make_llm(loaded)
     outputs = llm.generate(prompts, GREEDY, use_tqdm=False)
     check_all(loaded, outputs, prompts)
     assert sum(o.num_cached_tokens for o in outputs) > 0, "shared prefixes should hit the prefix cache"
+    assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.allocator.num_free_pages == llm.config.num_pages - 1
 
 
 def test_platform_default_page_size(loaded, prompts) -> None:
     """The 8 prompts sharing a 300-token prefix at the platform's page size (64 tokens on CPU: up to 4 full
     pages of the prefix are cached and shared, in whole pages)."""
-    llm = make_llm(loaded, **TIGHT)
+    llm = make_llm(loaded)
     assert llm.config.page_size == (64 if jax.default_backend() == "cpu" else 16)
     shared = prompts[20:28]
     outputs = llm.generate(shared, GREEDY, use_tqdm=False)
@@ -71,11 +73,3 @@ def test_one_at_a_time_without_prefix_caching(loaded, prompts) -> None:
     outputs = [llm.generate([p], GREEDY, use_tqdm=False)[0] for p in alone]
     check_all(loaded, outputs, alone)
     assert all(o.num_cached_tokens == 0 for o in outputs)
-
-
-def test_small_page_pool_forces_preemption(loaded, prompts) -> None:
-    llm = make_llm(loaded, **TIGHT)
-    outputs = llm.generate(prompts, GREEDY, use_tqdm=False)
-    assert llm.engine.scheduler.num_preemptions > 0
-    check_all(loaded, outputs, prompts)
-    assert llm.engine.allocator.num_free_pages == llm.config.num_pages - 1

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import httpx
 
-ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128, "page_size": 16,
-                 "min_token_bucket": 16}
-"""The suite's SmolLM2 engine shapes (4 token and 2 sequence buckets), for the server and the in-process
-engines alike (`tests.serving.engine_fixtures.make_llm`): compiled once in the server and once in the test
-process, whose engines share their programs."""
+from tpuserve.serving.config import resolve_page_size
+
+KV_POOL_TOKENS = 1024
+ENGINE_CONFIG = {"max_model_len": 1024, "max_num_seqs": 16, "max_num_batched_tokens": 128,
+                 "min_token_bucket": 16, "num_pages": 1 + KV_POOL_TOKENS // resolve_page_size(None)}
+"""The suite's one set of SmolLM2 engine shapes (4 token and 2 sequence buckets), for the server and the
+in-process engines alike (`tests.serving.engine_fixtures.make_llm`): compiled once in the server and once in
+the test process, whose engines share their programs. The platform's page size (64 tokens on CPU) in a KV
+pool of one full context (`KV_POOL_TOKENS`, the smallest that serves it, 17 pages with the null page on
+CPU): concurrent long requests preempt one another, which the greedy-batch and async-scheduling tests
+assert (a separate tight-pool shape compiled every program again, ~50 s)."""
 ENGINE_ARGS = tuple(arg for key, value in ENGINE_CONFIG.items()
                     for arg in (f"--{key.replace('_', '-')}", str(value)))
 START_TIMEOUT_S = 300.0
