@@ -30,13 +30,14 @@ def dense_logprobs(loaded: LoadedModel, token_ids: list[int]) -> np.ndarray:
     length = len(token_ids)
     padded = np.zeros(-(-length // PAD_MULTIPLE) * PAD_MULTIPLE, np.int32)
     padded[:length] = token_ids
-    logits = _dense(loaded.model, jnp.asarray(padded[None]))[0, :length]
-    return np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    return np.asarray(_dense_logprobs(loaded.model, jnp.asarray(padded[None])))[0, :length]
 
 
 @nnx.jit
-def _dense(model, token_ids):
-    return model(token_ids)
+def _dense_logprobs(model, token_ids):
+    """One program per padded length, the log-softmax inside it: run eagerly, it and the slice of real
+    rows compiled small programs for every distinct prompt length."""
+    return jax.nn.log_softmax(model(token_ids), axis=-1)
 
 
 def assert_dense_greedy(loaded: LoadedModel, output: RequestOutput) -> None:
