@@ -20,8 +20,8 @@ _VERIFIED: dict[int, set[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
 
 def make_llm(loaded: LoadedModel, **overrides: object) -> LLM:
     """An engine of the suite's shapes (`ENGINE_CONFIG`, which the API tests' server runs too): max 16
-    sequences, 128-token steps from 16-token buckets, 1024-token context, a 1280-token KV pool; OVERRIDES
-    change them."""
+    sequences, 128-token steps from 16-token buckets, 1024-token context, a KV pool of one full context;
+    OVERRIDES change them."""
     return LLM(loaded, **(ENGINE_CONFIG | {"use_tqdm": False} | overrides))
 
 

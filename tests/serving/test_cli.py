@@ -84,7 +84,8 @@ def test_info_on_a_missing_path_prints_one_line_without_traceback(tmp_path: Path
 
 
 def test_serve_engine_flags_reach_the_engine() -> None:
-    """`--num-pages` (vLLM's `--num-gpu-blocks-override`) wins over `--kv-cache-memory` for the pool size."""
+    """The engine flags, `--num-pages` (vLLM's `--num-gpu-blocks-override`) among them, become `LLM`'s
+    arguments; `LLM` sizes the pool by `num_pages` when given, by `kv_cache_memory` otherwise."""
     args = build_parser().parse_args(["serve", "--num-pages", "17", "--kv-cache-memory", "1G", "--page-size",
                                       "32", "--min-token-bucket", "4"])
     engine = _make_llm(args).keywords
