@@ -18,3 +18,6 @@ __all__ = [
     "resolve_checkpoint",
     "with_out_major_kernels",
 ]
+
+if __name__ != "tpuserve.model":  # run from the checkout root, the folder is also reachable as a bare name
+    raise ImportError(f"{__name__!r} is this checkout's model/ folder; import it as tpuserve.model")

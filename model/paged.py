@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tpuserve.kernels import (
+from tpuserve.kernels.ragged_paged_attention import (
     kv_cache_spec,
     kv_cache_value_dtype,
     ragged_paged_attention,

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tpuserve.kernels import store_kv_cache
-from tpuserve.kernels.ragged_paged_attention import reference
+from tpuserve.kernels.ragged_paged_attention import reference, store_kv_cache
 
 ARG_NAMES = ("q", "k", "v", "kv_cache", "kv_lens", "page_indices", "cu_q_lens", "num_seqs")
 

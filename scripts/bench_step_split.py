@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tpuserve.kernels import kv_cache_shape, ragged_paged_attention, store_kv_cache
+from tpuserve.kernels.ragged_paged_attention import kv_cache_shape, ragged_paged_attention, store_kv_cache
 from tpuserve.model import load_model
 from tpuserve.model.layers.rope import Rotary
 from tpuserve.model.paged import AttentionMetadata, paged_forward

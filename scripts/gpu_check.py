@@ -18,8 +18,7 @@ import sys
 import bench_attention_cpu as bench
 import jax
 
-from tpuserve.kernels import ragged_paged_attention
-from tpuserve.kernels.ragged_paged_attention import gpu
+from tpuserve.kernels.ragged_paged_attention import gpu, ragged_paged_attention
 
 LLAMA3_8B = bench.Shape(num_heads=32, num_kv_heads=8, head_dim=128, page_size=16, dtype="bfloat16")
 

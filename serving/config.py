@@ -23,7 +23,7 @@ class EngineConfig:
     dtype (which depends on the weights) by `resolve_kv_cache_dtype`:
     - `page_size`: 64 tokens on CPU, 16 on accelerators (`resolve_page_size`);
     - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel packs 16-bit floats into integer
-      words, `tpuserve.kernels.kv_cache_spec`: a bfloat16 cache is half the bytes of a float32 one and gave
+      words, `kv_cache_spec`: a bfloat16 cache is half the bytes of a float32 one and gave
       12-15% faster 64-row decode steps);
     - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
       16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets

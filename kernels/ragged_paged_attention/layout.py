@@ -21,7 +21,7 @@ _PLATFORM_BACKEND = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
 # `jnp.searchsorted` over a step's sequence boundaries: comparing every pair is a few thousand elements,
 # where the default binary search is a `while` loop of ~log2(S) steps, which XLA:GPU drives from the host.
 # An H100 trace of one-row forwards (S = 8) showed two host-driven 4-step loops of ~0.2 ms each, the two
-# searches' length there (docs/performance.md, eleventh session).
+# searches' length there (docs/performance.md, "Where a GPU step goes").
 SEARCH_METHOD = "compare_all"
 
 

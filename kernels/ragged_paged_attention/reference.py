@@ -8,7 +8,7 @@ Shape of the computation (all batch composition stays in device arrays, so one c
   3. Items run in groups; per group an online-softmax (flash-style) loop walks the items' pages (one page
      per iteration for decode items, two for prefill ones): the cache's own layout (`storage`) makes a
      gathered page the dots' operands as it is, so pages of ~64 tokens suit this backend (`EngineConfig`
-     picks 64 on CPU; measured choices: docs/performance.md, ninth session). Both loops have dynamic
+     picks 64 on CPU; measured choices: docs/performance.md, "Kernels"). Both loops have dynamic
      trip counts (real items, the group's longest causal/window range), so work scales with the batch's
      real context, never with `pages_per_seq` or the padded batch.
 """

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from tpuserve.kernels import kv_cache_shape, load_kv_cache, store_kv_cache
+from tpuserve.kernels.ragged_paged_attention import kv_cache_shape, load_kv_cache, store_kv_cache
 
 
 @dataclasses.dataclass(frozen=True)

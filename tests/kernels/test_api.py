@@ -10,17 +10,17 @@ import pytest
 
 from tests.kernels.cases import CaseSpec, make_case
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import (
+from tpuserve.kernels.ragged_paged_attention import (
     KernelInputError,
     kv_cache_shape,
     kv_cache_spec,
     kv_cache_value_dtype,
     load_kv_cache,
     ragged_paged_attention,
+    reference,
     resolve_backend,
     store_kv_cache,
 )
-from tpuserve.kernels.ragged_paged_attention import reference
 
 # One padded shape (T=32, S=8, pages_per_seq=8, 48 pages), many batch compositions.
 BUCKET = (32, 8, 8, 48)

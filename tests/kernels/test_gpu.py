@@ -20,8 +20,8 @@ import pytest
 
 from tests.kernels.cases import STANDARD, CaseSpec, RaggedCase, make_case, random_spec
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import ragged_paged_attention as api_ragged_paged_attention
 from tpuserve.kernels.ragged_paged_attention import gpu
+from tpuserve.kernels.ragged_paged_attention import ragged_paged_attention as api_ragged_paged_attention
 
 INTERPRET = os.environ.get("TPUSERVE_KERNEL_INTERPRET", "1") != "0"
 pytestmark = pytest.mark.skipif(

@@ -20,8 +20,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from tests.kernels.cases import STANDARD, CaseSpec, RaggedCase, make_case
 from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels import ragged_paged_attention
-from tpuserve.kernels.ragged_paged_attention import tpu
+from tpuserve.kernels.ragged_paged_attention import ragged_paged_attention, tpu
 from tpuserve.kernels.ragged_paged_attention.block_sizes import BlockSizes, choose_block_sizes, vmem_bytes
 
 SMALL = BlockSizes(q_block=8, kv_pages_per_block=2)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.parallel.checkpoints import COMMON, FAMILIES, write_family_checkpoint
 from tests.parallel.run_worker import run_worker
-from tpuserve.kernels import kv_cache_spec
+from tpuserve.kernels.ragged_paged_attention import kv_cache_spec
 from tpuserve.model import load_model
 from tpuserve.model.loading import save_converted
 
