@@ -1,9 +1,8 @@
-"""The built wheel is complete and open-ranged: `pip install tpuserve` must not inherit requirements.lock's pins."""
+"""The built wheel is complete and open-ranged: `pip install tpuserve` does not inherit the lock's pins."""
 
 from __future__ import annotations
 
 import os
-import pkgutil
 import subprocess
 import sys
 import zipfile
