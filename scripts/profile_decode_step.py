@@ -22,7 +22,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.sampling_params import SamplingParams
 

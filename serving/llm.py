@@ -14,11 +14,11 @@ from transformers import PreTrainedTokenizerBase
 
 from tpuserve.model import LoadedModel, load_model
 from tpuserve.model.sharding import ShardPlan, make_mesh, model_mesh, model_shards, shard_model
-from tpuserve.serving.compilation import enable_compilation_cache
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype, resolve_page_size
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
+from tpuserve.serving.worker.compilation import enable_compilation_cache
 
 DEFAULT_KV_CACHE_MEMORY = 2 << 30
 """Bytes of KV cache per device when neither `kv_cache_memory` nor `num_pages` is given (about 45k SmolLM2

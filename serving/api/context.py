@@ -16,7 +16,7 @@ from tpuserve.serving.api.metrics import ServerMetrics
 from tpuserve.serving.api.params import generation_defaults
 from tpuserve.serving.api.prompts import TokensPrompt, render_chat
 from tpuserve.serving.api.protocol import ChatCompletionRequest, TokenizeChatRequest
-from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.engine.async_engine import AsyncEngine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParams
 

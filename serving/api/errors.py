@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 from starlette.exceptions import HTTPException
 
 from tpuserve.serving.api.responses import ErrorInfo, ErrorResponse
-from tpuserve.serving.async_engine import EngineDeadError
+from tpuserve.serving.engine.async_engine import EngineDeadError
 from tpuserve.serving.sampling_params import SamplingParamsError
 
 log = logging.getLogger(__name__)

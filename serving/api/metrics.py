@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 
 # vLLM's bucket boundaries, so histograms line up with theirs on a shared dashboard.

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tpuserve.model import LoadedModel
-from tpuserve.serving import multihost
 from tpuserve.serving.api.context import ServingContext
 from tpuserve.serving.api.launcher import PortInUseError, bind_socket, run_server, url
 from tpuserve.serving.api.server import build_app
-from tpuserve.serving.async_engine import AsyncEngine
 from tpuserve.serving.config import KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES
-from tpuserve.serving.data_parallel import DataParallelEngine
+from tpuserve.serving.engine.async_engine import AsyncEngine
+from tpuserve.serving.engine.data_parallel import DataParallelEngine
+from tpuserve.serving.engine.engine import multihost
 from tpuserve.serving.llm import LLM
-from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS
+from tpuserve.serving.sample.logprobs import MAX_TOP_LOGPROBS
 
 log = logging.getLogger("tpuserve.serve")
 

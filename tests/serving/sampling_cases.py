@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tpuserve.serving.sampler import SamplerOutput, sample
-from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sample.metadata import SamplingMetadata
+from tpuserve.serving.sample.sampler import SamplerOutput, sample
+from tpuserve.serving.sample.state import SamplerState, admit
 from tpuserve.serving.sampling_params import SamplingParams
 
 EOS = 1

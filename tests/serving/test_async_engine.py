@@ -9,7 +9,7 @@ import pytest
 
 from tests.serving.engine_fixtures import make_llm
 from tpuserve.serving import SamplingParams
-from tpuserve.serving.async_engine import AsyncEngine
+from tpuserve.serving.engine.async_engine import AsyncEngine
 
 
 @pytest.fixture(scope="module")

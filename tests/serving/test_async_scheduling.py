@@ -10,7 +10,7 @@ import numpy as np
 
 from tests.serving.engine_fixtures import make_llm
 from tpuserve.serving import SamplingParams
-from tpuserve.serving.compilation import compilation_count
+from tpuserve.serving.worker.compilation import compilation_count
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 

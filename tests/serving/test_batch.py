@@ -7,12 +7,12 @@ import dataclasses
 import jax
 import numpy as np
 
-from tpuserve.serving.batch import prepare_step
 from tpuserve.serving.config import EngineConfig
-from tpuserve.serving.programs import StepInputs, split_step_buffer
-from tpuserve.serving.request import Request
+from tpuserve.serving.core.scheduler import ScheduledChunk, SchedulerOutput
+from tpuserve.serving.engine.request import Request
 from tpuserve.serving.sampling_params import SamplingParams
-from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
+from tpuserve.serving.worker.input_batch import prepare_step
+from tpuserve.serving.worker.programs import StepInputs, split_step_buffer
 
 
 def test_a_token_in_flight_is_taken_from_the_previous_steps_samples() -> None:

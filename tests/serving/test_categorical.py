@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests.serving.sampling_cases import chi_square_critical
-from tpuserve.serving.categorical import BLOCK, sample_categorical
+from tpuserve.serving.sample.categorical import BLOCK, sample_categorical
 
 VOCAB = 5 * BLOCK + 37  # several blocks, the last one partly padding
 

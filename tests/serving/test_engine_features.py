@@ -7,8 +7,8 @@ import pytest
 
 from tests.serving.engine_fixtures import dense_logprobs, make_llm
 from tpuserve.serving import SamplingParams
-from tpuserve.serving.compilation import compilation_count
-from tpuserve.serving.engine import PromptTooLongError
+from tpuserve.serving.engine.engine import PromptTooLongError
+from tpuserve.serving.worker.compilation import compilation_count
 
 PROMPT = "The three primary colors are"
 

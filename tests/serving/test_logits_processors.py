@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tpuserve.serving.logits_processors import filter_min_p, filter_top_k, filter_top_p
+from tpuserve.serving.sample.logits_processors import filter_min_p, filter_top_k, filter_top_p
 
 ROWS, VOCAB = 6, 300
 

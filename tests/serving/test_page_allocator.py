@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tpuserve.serving.page_allocator import (
+from tpuserve.serving.core.page_allocator import (
     NULL_PAGE,
     OutOfPagesError,
     PageAllocator,

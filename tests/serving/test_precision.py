@@ -14,9 +14,9 @@ from tests.serving.engine_fixtures import assert_dense_greedy
 from tpuserve.model import LoadedModel, load_model
 from tpuserve.serving import config as config_module
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
-from tpuserve.serving.engine import Engine
-from tpuserve.serving.programs import split_step_buffer
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.sampling_params import SamplingParams
+from tpuserve.serving.worker.programs import split_step_buffer
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU defaults")
 

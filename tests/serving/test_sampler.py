@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from tests.serving.sampling_cases import EOS, NUM_SLOTS, draw_samples, run_batch
-from tpuserve.serving.logprobs import MAX_TOP_LOGPROBS, prompt_logprobs
-from tpuserve.serving.sampler import sample
-from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata, pack, unpack
+from tpuserve.serving.sample.logprobs import MAX_TOP_LOGPROBS, prompt_logprobs
+from tpuserve.serving.sample.metadata import SamplingMetadata, pack, unpack
+from tpuserve.serving.sample.sampler import sample
+from tpuserve.serving.sample.state import SamplerState, admit
 from tpuserve.serving.sampling_params import SamplingParams, SamplingParamsError
 
 VOCAB = 64

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from tpuserve.serving.sampling_metadata import ENGINE_STREAM, SEEDED_STREAM, SamplingMetadata
+from tpuserve.serving.sample.metadata import ENGINE_STREAM, SEEDED_STREAM, SamplingMetadata
 from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParams, SamplingParamsError
 
 

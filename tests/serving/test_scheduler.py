@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from tpuserve.serving.config import EngineConfig
-from tpuserve.serving.page_allocator import PageAllocator
-from tpuserve.serving.request import Request, RequestStatus
+from tpuserve.serving.core.page_allocator import PageAllocator
+from tpuserve.serving.core.scheduler import Scheduler
+from tpuserve.serving.engine.request import Request, RequestStatus
 from tpuserve.serving.sampling_params import SamplingParams
-from tpuserve.serving.scheduler import Scheduler
 
 
 def make(num_pages: int = 64, budget: int = 32, max_num_seqs: int = 4, max_model_len: int = 128):

@@ -17,7 +17,7 @@ import numpy as np
 
 from tests.parallel.workers.tp_run import ENGINE
 from tpuserve.serving import LLM, SamplingParams
-from tpuserve.serving.data_parallel import DataParallelEngine
+from tpuserve.serving.engine.data_parallel import DataParallelEngine
 
 NUM_REQUESTS = 6
 PARAMS = SamplingParams(temperature=0.0, max_tokens=5)

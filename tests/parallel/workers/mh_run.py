@@ -17,8 +17,8 @@ import numpy as np
 
 from tests.parallel.workers.tp_run import ENGINE
 from tpuserve.serving import LLM, SamplingParams
-from tpuserve.serving.async_engine import AsyncEngine
-from tpuserve.serving.multihost import LockstepEngine, follow, initialize
+from tpuserve.serving.engine.async_engine import AsyncEngine
+from tpuserve.serving.engine.multihost import LockstepEngine, follow, initialize
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=5)
 ROLES = {"leader": 0, "follower": 1}

@@ -23,7 +23,7 @@ from tpuserve.model import LoadedModel, ModelConfig, load_model, resolve_checkpo
 from tpuserve.model.loading import read_hf_config
 from tpuserve.model.sharding import make_mesh
 from tpuserve.serving import LLM, SamplingParams
-from tpuserve.serving.compilation import compilation_count
+from tpuserve.serving.worker.compilation import compilation_count
 
 # One token bucket: these tests are about splitting, and every bucket is compiled once per mesh.
 ENGINE = {"max_model_len": 128, "max_num_seqs": 8, "max_num_batched_tokens": 16, "page_size": 16,

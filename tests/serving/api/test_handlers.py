@@ -18,8 +18,8 @@ from tests.serving.engine_fixtures import make_llm
 from tpuserve.model import LoadedModel
 from tpuserve.serving import LLM, SamplingParams
 from tpuserve.serving.api import ServingContext, build_app
-from tpuserve.serving.async_engine import AsyncEngine
 from tpuserve.serving.cli.main import main
+from tpuserve.serving.engine.async_engine import AsyncEngine
 
 NAME = "smol-test"
 KEY = "k-" + "".join(random.choices("0123456789abcdef", k=10))

@@ -13,9 +13,9 @@ import numpy as np
 
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig
-from tpuserve.serving.programs import StepInputs
-from tpuserve.serving.request import Request
-from tpuserve.serving.scheduler import ScheduledChunk, SchedulerOutput
+from tpuserve.serving.core.scheduler import ScheduledChunk, SchedulerOutput
+from tpuserve.serving.engine.request import Request
+from tpuserve.serving.worker.programs import StepInputs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ import time
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from tpuserve.serving.detokenizer import IncrementalDetokenizer
+from tpuserve.serving.engine.detokenizer import IncrementalDetokenizer
+from tpuserve.serving.engine.request import FinishReason, Request
 from tpuserve.serving.outputs import (
     CompletionOutput,
     Logprob,
@@ -16,7 +17,6 @@ from tpuserve.serving.outputs import (
     RequestMetrics,
     RequestOutput,
 )
-from tpuserve.serving.request import FinishReason, Request
 from tpuserve.serving.sampling_params import SamplingParams
 
 

@@ -8,7 +8,7 @@ Programs, each compiled once per bucket and all at start-up (`ModelRunner.precom
   is read from there, on the device), the donated KV caches and the model's RoPE tables in; the
   final-normed hidden `[T, hidden]`, the `max_num_seqs` sampled rows and the caches out;
 - `sample`, per sequence bucket `S`, all-greedy and general: the LM head on the first `S` sampled rows
-  (weights chosen as for `forward`), the sampler (`tpuserve.serving.sampler.sample`, its metadata packed in
+  (weights chosen as for `forward`), the sampler (`sample.sampler.sample`, its metadata packed in
   one array) and the tokens padded to `max_num_seqs` rows for the next step, in one program;
 - `gather` per token bucket `T` and `logits` per sequence bucket `S`, for prompt logprobs.
 Each program's weights travel as one flat list of arrays, which jit flattens cheapest: on a GPU the host's
@@ -32,8 +32,8 @@ from jax.sharding import Mesh
 from jax.tree_util import PyTreeDef
 
 from tpuserve.model.paged import AttentionMetadata, paged_forward
-from tpuserve.serving.sampler import sample
-from tpuserve.serving.sampling_metadata import unpack
+from tpuserve.serving.sample.metadata import unpack
+from tpuserve.serving.sample.sampler import sample
 
 # Program sets remembered after their runners are gone: enough for the few engine shapes of a test module or
 # a notebook, while the compiled code kept stays bounded.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tpuserve.serving.stop_strings import StopStringMatcher
+from tpuserve.serving.engine.stop_strings import StopStringMatcher
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -1,7 +1,7 @@
 """Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
 
 The runner owns the arrays (weights, KV caches, sampler tables) and feeds them to the jitted programs of
-`tpuserve.serving.programs`, which it shares with every runner of the same model structure and shapes.
+`tpuserve.serving.worker.programs`, which it shares with every runner of the same model structure and shapes.
 Batch composition lives in arrays, so a workload of any mix runs on the precompiled buckets alone.
 
 A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
@@ -25,12 +25,12 @@ from tpuserve.model.paged import init_kv_caches
 from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
-from tpuserve.serving.logprobs import TokenLogprobs, prompt_logprobs
-from tpuserve.serving.programs import Programs, ProgramSpec, StepInputs
-from tpuserve.serving.sampler import SamplerOutput
-from tpuserve.serving.sampler_state import SamplerState, admit
-from tpuserve.serving.sampling_metadata import SamplingMetadata, pack
+from tpuserve.serving.sample.logprobs import TokenLogprobs, prompt_logprobs
+from tpuserve.serving.sample.metadata import SamplingMetadata, pack
+from tpuserve.serving.sample.sampler import SamplerOutput
+from tpuserve.serving.sample.state import SamplerState, admit
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
+from tpuserve.serving.worker.programs import Programs, ProgramSpec, StepInputs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.engine import Engine
+from tpuserve.serving.engine.request_group import RequestGroup
 from tpuserve.serving.outputs import RequestOutput
-from tpuserve.serving.request_group import RequestGroup
 from tpuserve.serving.sampling_params import SamplingParams
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]  # (Engine method, args, kwargs)

@@ -15,19 +15,19 @@ import jax
 import numpy as np
 
 from tpuserve.model import LoadedModel
-from tpuserve.serving.batch import PreparedStep, prepare_step
 from tpuserve.serving.config import EngineConfig
-from tpuserve.serving.logprobs import TokenLogprobs
+from tpuserve.serving.core.page_allocator import PageAllocator
+from tpuserve.serving.core.scheduler import Scheduler, SchedulerOutput
+from tpuserve.serving.engine.request import FinishReason, Request, RequestStatus
+from tpuserve.serving.engine.request_group import RequestGroup, Sequence, finish_sequence
+from tpuserve.serving.engine.stats import EngineStats
 from tpuserve.serving.outputs import RequestOutput
-from tpuserve.serving.page_allocator import PageAllocator
-from tpuserve.serving.request import FinishReason, Request, RequestStatus
-from tpuserve.serving.request_group import RequestGroup, Sequence, finish_sequence
-from tpuserve.serving.runner import ModelRunner
-from tpuserve.serving.sampler import SamplerOutput
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sample.logprobs import TokenLogprobs
+from tpuserve.serving.sample.metadata import SamplingMetadata
+from tpuserve.serving.sample.sampler import SamplerOutput
 from tpuserve.serving.sampling_params import SamplingParams
-from tpuserve.serving.scheduler import Scheduler, SchedulerOutput
-from tpuserve.serving.stats import EngineStats
+from tpuserve.serving.worker.input_batch import PreparedStep, prepare_step
+from tpuserve.serving.worker.model_runner import ModelRunner
 
 
 class PromptTooLongError(ValueError):

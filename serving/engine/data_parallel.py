@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from tpuserve.model.sharding import make_mesh, replica_meshes
-from tpuserve.serving.async_engine import AsyncEngine
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.async_engine import AsyncEngine
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams

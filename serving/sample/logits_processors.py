@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tpuserve.serving.sampler_state import SamplerState
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sample.metadata import SamplingMetadata
+from tpuserve.serving.sample.state import SamplerState
 
 
 def apply_bias_and_penalties(logits: jax.Array, state: SamplerState, meta: SamplingMetadata) -> jax.Array:

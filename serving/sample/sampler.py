@@ -8,7 +8,7 @@ batch and are skipped when no row needs them.
 
 Randomness is per row: the key is `fold_in(fold_in(seed_key, stream), output_len)`, a function of the
 request's seed and its own step index only, and the draw is the inverse CDF of that row's probabilities
-at one uniform number from that key (`tpuserve.serving.categorical`). A seeded request therefore
+at one uniform number from that key (`tpuserve.serving.sample.categorical`). A seeded request therefore
 produces the same tokens alone, in any batch, at any row, and after a recompute.
 
 How the engine drives it:
@@ -28,8 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tpuserve.serving.categorical import sample_categorical
-from tpuserve.serving.logits_processors import (
+from tpuserve.serving.sample.categorical import sample_categorical
+from tpuserve.serving.sample.logits_processors import (
     apply_bias_and_penalties,
     changes_argmax,
     filter_min_p,
@@ -37,9 +37,9 @@ from tpuserve.serving.logits_processors import (
     filter_top_p,
     unchanged,
 )
-from tpuserve.serving.logprobs import TokenLogprobs, empty_logprobs, token_logprobs
-from tpuserve.serving.sampler_state import SamplerState, record_tokens
-from tpuserve.serving.sampling_metadata import SamplingMetadata
+from tpuserve.serving.sample.logprobs import TokenLogprobs, empty_logprobs, token_logprobs
+from tpuserve.serving.sample.metadata import SamplingMetadata
+from tpuserve.serving.sample.state import SamplerState, record_tokens
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE
 
 

@@ -14,8 +14,8 @@ import heapq
 import itertools
 
 from tpuserve.serving.config import EngineConfig
-from tpuserve.serving.page_allocator import PageAllocator
-from tpuserve.serving.request import Request, RequestStatus
+from tpuserve.serving.core.page_allocator import PageAllocator
+from tpuserve.serving.engine.request import Request, RequestStatus
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from tpuserve.serving.engine import Engine
+from tpuserve.serving.engine.engine import Engine
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
 

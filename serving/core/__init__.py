@@ -1,0 +1,1 @@
+"""Scheduling: which tokens of which requests run each step, and the KV pages they occupy."""
