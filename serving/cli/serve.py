@@ -22,7 +22,7 @@ from tpuserve.serving.api.server import build_app
 from tpuserve.serving.config import KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES
 from tpuserve.serving.engine.async_engine import AsyncEngine
 from tpuserve.serving.engine.data_parallel import DataParallelEngine
-from tpuserve.serving.engine.engine import multihost
+from tpuserve.serving.engine import multihost
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.sample.logprobs import MAX_TOP_LOGPROBS
 
