@@ -10,6 +10,7 @@ query heads and KV-cache heads; the projections around it are split by their par
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ from tpuserve.kernels.ragged_paged_attention import (
 )
 from tpuserve.model.config import ModelConfig
 from tpuserve.model.layers.attention import AttentionSpec
-from tpuserve.model.layers.rope import RopeTables, Rotary
+from tpuserve.model.layers.rope import RopeTables
 from tpuserve.model.sharding import KV_CACHE_SPEC, MODEL_AXIS
 from tpuserve.model.transformer import Transformer
 
@@ -53,32 +54,30 @@ def init_kv_caches(
     return [zeros() for _ in range(config.num_layers)]
 
 
-class _PagedCore:
-    """An attention core bound to one layer's cache; keeps the updated cache the kernel returns."""
+def paged_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array, spec: AttentionSpec, *,
+    metadata: AttentionMetadata, backend: str, mesh: Mesh | None,
+) -> tuple[jax.Array, jax.Array]:
+    """The attention core of the paged forward (bind the keywords, e.g. with `functools.partial`): writes the
+    step's k, v into `kv_cache`'s pages and returns float32 attention over everything cached for each
+    token's sequence, with the updated cache.
 
-    def __init__(self, kv_cache: jax.Array, metadata: AttentionMetadata, backend: str, mesh: Mesh | None):
-        self.kv_cache = kv_cache
-        self.metadata = metadata
-        self.backend = backend
-        self.mesh = mesh
+    With a MESH, the kernel runs per shard on that shard's heads, as it knows nothing of devices.
+    """
+    dtype = kv_cache_value_dtype(kv_cache.dtype)
 
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec) -> jax.Array:
-        dtype = kv_cache_value_dtype(self.kv_cache.dtype)
+    def kernel(q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array,
+               *metadata: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return ragged_paged_attention(q, k, v, kv_cache, *metadata, backend=backend, **spec.kernel_kwargs())
 
-        def kernel(q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array,
-                   *metadata: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return ragged_paged_attention(q, k, v, kv_cache, *metadata, backend=self.backend,
-                                          **spec.kernel_kwargs())
-
-        if self.mesh is not None:
-            heads = P(None, MODEL_AXIS, None)
-            # check_vma=False: Pallas kernels inside shard_map fail the varying-axes check on jax 0.10.
-            in_specs = (heads, heads, heads, KV_CACHE_SPEC, *[P()] * len(self.metadata))
-            kernel = jax.shard_map(kernel, mesh=self.mesh, in_specs=in_specs,
-                                   out_specs=(heads, KV_CACHE_SPEC), check_vma=False)
-        out, self.kv_cache = kernel(q.astype(dtype), k.astype(dtype), v.astype(dtype), self.kv_cache,
-                                    *self.metadata)
-        return out.astype(jnp.float32)
+    if mesh is not None:
+        heads = P(None, MODEL_AXIS, None)
+        # check_vma=False: Pallas kernels inside shard_map fail the varying-axes check on jax 0.10.
+        in_specs = (heads, heads, heads, KV_CACHE_SPEC, *[P()] * len(metadata))
+        kernel = jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=(heads, KV_CACHE_SPEC),
+                               check_vma=False)
+    out, kv_cache = kernel(q.astype(dtype), k.astype(dtype), v.astype(dtype), kv_cache, *metadata)
+    return out.astype(jnp.float32), kv_cache
 
 
 def paged_forward(
@@ -93,15 +92,10 @@ def paged_forward(
 ) -> tuple[jax.Array, list[jax.Array]]:
     """int32 `token_ids[T]`, `positions[T]` -> final-normed float32 hidden `[T, hidden]`, updated caches.
 
-    Logits are left to the caller, which computes them only for the rows it samples from. MESH: the
-    model's tensor-parallel mesh (caches from `init_kv_caches` with the same mesh). ROPE_TABLES: the
-    model's `rope_tables` covering every position, so RoPE gathers its cos/sin instead of computing them.
+    The serving forward: `Transformer.forward` with `paged_attention` as the core. Logits are left to the
+    caller, which computes them only for the rows it samples from. MESH: the model's tensor-parallel mesh
+    (caches from `init_kv_caches` with the same mesh). ROPE_TABLES: the model's `rope_tables` covering every
+    position, so RoPE gathers its cos/sin instead of computing them.
     """
-    x = model.embed(token_ids)
-    rotary = Rotary(positions, rope_tables)
-    new_caches = []
-    for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
-        core = _PagedCore(kv_cache, metadata, backend, mesh)
-        x = layer(x, rotary, core)
-        new_caches.append(core.kv_cache)
-    return model.final_norm(x), new_caches
+    core = functools.partial(paged_attention, metadata=metadata, backend=backend, mesh=mesh)
+    return model.forward(token_ids, positions, kv_caches, core, rope_tables)

@@ -32,7 +32,7 @@ from tpuserve.model.transformer import Transformer
 DATA_AXIS, MODEL_AXIS = "data", "model"
 HostOrDevice = np.ndarray | jax.Array  # rewrites run in numpy on host arrays, in jax.numpy on device ones
 # Axis 2 holds the heads in either cache layout (`kv_cache_spec`): Pallas [pages, page_size,
-# 2 * Hkv, D] (K/V pairs stay together) and reference [pages, 2, Hkv, page_size * E].
+# 2 * Hkv, D] (K/V pairs stay together) and XLA [pages, 2, Hkv, page_size * E].
 KV_CACHE_SPEC = P(None, None, MODEL_AXIS, None)
 
 # Logical rules: the first pattern matching a parameter's dotted path gives its PartitionSpec; the rest

@@ -1,7 +1,9 @@
 """The decoder-only transformer: embed -> unrolled decoder layers -> final norm -> LM head.
 
-Besides the dense `__call__`, the pieces a paged runner needs are public: `embed`, `layers` (each taking an
-attention core), `final_norm` and `logits`, so it can run ragged batches and compute logits for chosen rows.
+`forward` is the one layer loop, over any attention core and the per-layer KV caches it threads through
+(`x, kv_cache = layer(x, rotary, kv_cache, core)`): the dense `__call__` runs it with `dense_attention` and
+no caches, the paged engine (`tpuserve.model.paged.paged_forward`) with the paged kernel, so both score with
+the same layer code. `logits` is separate so a runner computes it only for the rows it samples from.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tpuserve.model.config import ModelConfig
-from tpuserve.model.layers.attention import Attention, AttentionCore, AttentionSpec, dense_attention
+from tpuserve.model.layers.attention import Attention, AttentionCore, AttentionSpec, KVCache, dense_attention
 from tpuserve.model.layers.embed import Embed
 from tpuserve.model.layers.linear import Linear
 from tpuserve.model.layers.mlp import GatedMLP
@@ -40,13 +42,15 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = hidden_norm(config, dtype) if config.sandwich_norms else None
         self.post_mlp_norm = hidden_norm(config, dtype) if config.sandwich_norms else None
 
-    def __call__(self, x: jax.Array, rotary: Rotary, core: AttentionCore) -> jax.Array:
-        """`x` float32 `[..., T, hidden]` at `rotary`'s positions; `core` computes attention from this
-        layer's q, k, v and spec."""
-        attn = self.attn(self.attn_norm(x), rotary, core)
+    def __call__(
+        self, x: jax.Array, rotary: Rotary, kv_cache: KVCache, core: AttentionCore,
+    ) -> tuple[jax.Array, KVCache]:
+        """`x` float32 `[..., T, hidden]` at `rotary`'s positions -> the block's output and this layer's
+        `kv_cache` as `core` (attention from the layer's q, k, v, cache and spec) updated it."""
+        attn, kv_cache = self.attn(self.attn_norm(x), rotary, kv_cache, core)
         x = x + (attn if self.post_attn_norm is None else self.post_attn_norm(attn))
         mlp = self.mlp(self.mlp_norm(x))
-        return x + (mlp if self.post_mlp_norm is None else self.post_mlp_norm(mlp))
+        return x + (mlp if self.post_mlp_norm is None else self.post_mlp_norm(mlp)), kv_cache
 
 
 class Transformer(nnx.Module):
@@ -77,12 +81,27 @@ class Transformer(nnx.Module):
         cap = self.config.final_soft_cap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
 
+    def forward(
+        self, token_ids: jax.Array, positions: jax.Array, kv_caches: list[KVCache], core: AttentionCore,
+        rope_tables: RopeTables | None = None,
+    ) -> tuple[jax.Array, list[KVCache]]:
+        """int token ids and positions `[..., T]` -> final-normed float32 hidden `[..., T, hidden]` and the
+        caches `core` returned, one per layer.
+
+        ROPE_TABLES: from `rope_tables`, covering every position, so RoPE gathers its cos/sin instead of
+        computing them.
+        """
+        x = self.embed(token_ids)
+        rotary = Rotary(positions, rope_tables)
+        new_caches = []
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x, kv_cache = layer(x, rotary, kv_cache, core)
+            new_caches.append(kv_cache)
+        return self.final_norm(x), new_caches
+
     def __call__(self, token_ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
         """Dense causal forward: int32 `[B, T]` -> float32 logits `[B, T, vocab]` (positions: 0..T-1)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(token_ids.shape[-1], dtype=jnp.int32), token_ids.shape)
-        x = self.embed(token_ids)
-        rotary = Rotary(positions)
-        for layer in self.layers:
-            x = layer(x, rotary, dense_attention)
-        return self.logits(self.final_norm(x))
+        hidden, _ = self.forward(token_ids, positions, [None] * len(self.layers), dense_attention)
+        return self.logits(hidden)

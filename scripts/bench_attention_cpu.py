@@ -1,4 +1,4 @@
-"""Time the reference (CPU) ragged paged attention against its memory-traffic floor; prints a markdown table.
+"""Time the xla (CPU) attention backend against its memory-traffic floor; prints a markdown table.
 
 Usage: .venv/bin/python scripts/bench_attention_cpu.py [--reps 10]
 Shapes follow SmolLM2-135M (Hq=9, Hkv=3, D=64), float32, page 16. The floor is the bytes the call must move
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tpuserve.kernels.ragged_paged_attention import reference, store_kv_cache
+from tpuserve.kernels.ragged_paged_attention import store_kv_cache, xla
 
 ARG_NAMES = ("q", "k", "v", "kv_cache", "kv_lens", "page_indices", "cu_q_lens", "num_seqs")
 
@@ -48,7 +48,7 @@ def copy_bandwidth(num_bytes: int = 256 << 20, reps: int = 5) -> float:
 
 
 def make_batch(
-    shape: Shape, q_lens: list[int], kv_lens: list[int], seed: int = 0, backend: str = "reference"
+    shape: Shape, q_lens: list[int], kv_lens: list[int], seed: int = 0, backend: str = "xla"
 ) -> list[jax.Array]:
     """Contract-order inputs for sequences with these new-token and total lengths; pages in random order;
     the cache stored as BACKEND takes it."""
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     reps = parser.parse_args().reps
     bandwidth = copy_bandwidth()
-    attention = functools.partial(reference.ragged_paged_attention, sm_scale=SMOLLM2.head_dim**-0.5)
+    attention = functools.partial(xla.ragged_paged_attention, sm_scale=SMOLLM2.head_dim**-0.5)
     cases = [(f"decode b={b} ctx={ctx}", [1] * b, [ctx] * b) for ctx in (512, 2048) for b in (1, 32, 128)]
     cases.append(("prefill 1x512", [512], [512]))
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, {jax.devices()[0].device_kind}, jax {jax.__version__}")

@@ -80,7 +80,7 @@ def profile(weights: str, cache_dtype: str, batch: int, context: int, reps: int)
         x = model.embed(tokens)
         rotary = Rotary(positions, rope_tables)
         for layer in model.layers:
-            x = layer(x, rotary, lambda q, k, v, spec: q)
+            x, _ = layer(x, rotary, None, lambda q, k, v, kv_cache, spec: (q, kv_cache))
         return model.logits(model.final_norm(x))
 
     @functools.partial(jax.jit, donate_argnums=0)

@@ -4,13 +4,12 @@ Usage (GPU machine, repository root): python scripts/gpu_check.py [--reps 10]; o
 first `python -m pip install --no-deps --no-build-isolation -e .` so `tpuserve.kernels` imports.
 Step 1 runs tests/kernels/test_gpu.py with `TPUSERVE_KERNEL_INTERPRET=0` (compiled kernels, not the
 interpreter). Step 2 times decode (batch 64/256, context 1k/4k, Hq=32, Hkv=8, D=128, bf16, page 16) for the
-gpu backend, its `decode_only` fast path when it has one, and the XLA reference on the same GPU, against
-KV bytes moved / measured device copy bandwidth. Prints markdown; exit status is the tests' status.
+gpu and xla backends on the same GPU, against KV bytes moved / measured device copy bandwidth. Prints
+markdown; exit status is the tests' status.
 """
 
 import argparse
 import functools
-import inspect
 import os
 import subprocess
 import sys
@@ -18,28 +17,16 @@ import sys
 import bench_attention_cpu as bench
 import jax
 
-from tpuserve.kernels.ragged_paged_attention import gpu, ragged_paged_attention
+from tpuserve.kernels.ragged_paged_attention import ragged_paged_attention
 
 LLAMA3_8B = bench.Shape(num_heads=32, num_kv_heads=8, head_dim=128, page_size=16, dtype="bfloat16")
+BACKENDS = ("gpu", "xla")  # timed through the public entry point
 
 
 def run_parity_tests() -> int:
     env = {**os.environ, "TPUSERVE_KERNEL_INTERPRET": "0"}
     command = [sys.executable, "-m", "pytest", "-q", "tests/kernels/test_gpu.py"]
     return subprocess.run(command, env=env, check=False).returncode
-
-
-def attention_variants() -> dict:
-    """The callables to time: the public gpu backend, its decode-only path if offered, and the reference."""
-    common = {"sm_scale": LLAMA3_8B.head_dim**-0.5}
-    variants = {
-        "gpu": functools.partial(ragged_paged_attention, **common, backend="gpu"),
-        "reference (XLA)": functools.partial(ragged_paged_attention, **common, backend="reference"),
-    }
-    if "decode_only" in inspect.signature(gpu.ragged_paged_attention).parameters:
-        decode = functools.partial(gpu.ragged_paged_attention, **common, decode_only=True)
-        variants["gpu decode_only"] = decode
-    return variants
 
 
 def main() -> int:
@@ -55,11 +42,13 @@ def main() -> int:
         for context in (1024, 4096):
             q_lens, kv_lens = [1] * batch, [context] * batch
             num_bytes = bench.bytes_moved(LLAMA3_8B, q_lens, kv_lens)
-            for name, attention in attention_variants().items():
-                backend = "reference" if name.startswith("reference") else "gpu"
+            for backend in BACKENDS:
+                attention = functools.partial(
+                    ragged_paged_attention, sm_scale=LLAMA3_8B.head_dim**-0.5, backend=backend
+                )
                 batch_args = bench.make_batch(LLAMA3_8B, q_lens, kv_lens, backend=backend)
                 timing = bench.time_call(attention, batch_args, reps)
-                row = bench.table_row(f"{name} b={batch} ctx={context}", timing, num_bytes, bandwidth)
+                row = bench.table_row(f"{backend} b={batch} ctx={context}", timing, num_bytes, bandwidth)
                 print(row, flush=True)
     return status
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from tpuserve.serving.buckets import MIN_SEQ_BUCKET, power_of_two_buckets
 
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-KV_CACHE_DTYPE_HELP = "KV-cache dtype (default auto: the weights' dtype)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,28 +19,22 @@ class EngineConfig:
     `num_pages` counts the reserved null page 0, so `num_pages - 1` pages hold real tokens.
 
     Six fields default to `"auto"`/None: the five platform-dependent ones are resolved here, the cache
-    dtype (which depends on the weights) by `resolve_kv_cache_dtype`:
+    dtype (which depends on the weights) by `resolve_kv_cache_dtype` (measurements: docs/performance.md):
     - `page_size`: 64 tokens on CPU, 16 on accelerators (`resolve_page_size`);
-    - `kv_cache_dtype`: the weights' dtype (on CPU the reference kernel packs 16-bit floats into integer
-      words, `kv_cache_spec`: a bfloat16 cache is half the bytes of a float32 one and gave
-      12-15% faster 64-row decode steps);
-    - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost (a lone decode token padded to
-      16 rows took 3.5x as long), 16 on accelerators, which pad to their tiles anyway; sequence buckets
-      start at the smaller of it and 8;
-    - `one_row_out_major`: one-row programs (a lone decode token, the LM head of one sampled row) of 16-bit
-      weights run on a copy whose projection kernels are stored [out, in]
-      (`tpuserve.model.with_out_major_kernels`): on CPU (the default there), where XLA computes a one-row
-      bfloat16 `x @ W` ~15x slower than with W stored [out, in], and every other row count is fastest in
-      [in, out]. The copy costs the projections' size again; float32 weights gained nothing measurable
-      from it and never get it;
-    - `async_scheduling` (vLLM's `--async-scheduling`): on on CPU, off on accelerators. It dispatches each
-      step before reading the previous step's sampled tokens: the forward takes them from the device, and
-      the host schedules, prepares inputs and processes outputs (detokenizing, stop checks) while the
-      device computes. A sequence that stops runs one step more than it needs (that token is discarded);
-      the tokens of every request are unchanged. Measured: one CPU stream +8%; on an H100 4-22% slower
-      than synchronous steps, at one stream and at 64: the device finishes a step before the host has
-      launched the next, so nothing overlaps, and launching onto inputs still in flight costs the host
-      more (docs/performance.md, "The engine on a GPU").
+    - `kv_cache_dtype`: the weights' dtype, since a 16-bit cache halves the bytes every step reads;
+    - `min_token_bucket`: 1 on CPU, where a forward costs what its rows cost, 16 on accelerators, which
+      pad to their tiles anyway; sequence buckets start at the smaller of it and 8;
+    - `one_row_out_major`: on CPU, one-row programs (a lone decode token, the LM head of one sampled row)
+      of 16-bit weights run on a copy whose projection kernels are stored [out, in]
+      (`tpuserve.model.with_out_major_kernels`), the layout XLA:CPU streams fast for one row; every other
+      row count is fastest in [in, out]. The copy costs the projections' size again, so float32 weights,
+      which gain nothing from it, never get it;
+    - `async_scheduling` (vLLM's `--async-scheduling`): on on CPU, off on accelerators, where the device
+      finishes a step before the host has launched the next and nothing overlaps. It dispatches each step
+      before reading the previous step's sampled tokens: the forward takes them from the device, and the
+      host schedules, prepares inputs and processes outputs while the device computes. A sequence that
+      stops runs one step more than it needs (that token is discarded); every request's tokens are
+      unchanged.
     """
 
     max_model_len: int
@@ -51,7 +44,6 @@ class EngineConfig:
     num_pages: int = 2048
     enable_prefix_caching: bool = True
     seed: int = 0
-    max_logprobs: int = 20
     kv_cache_dtype: str = "auto"
     min_token_bucket: int | None = None
     one_row_out_major: bool | None = None
@@ -101,9 +93,8 @@ def resolve_kv_cache_dtype(name: str, weights_dtype: jnp.dtype) -> jnp.dtype:
 
 
 def resolve_page_size(page_size: int | None) -> int:
-    """PAGE_SIZE, or the platform's default: 64 tokens on CPU, where the reference kernel attends to one
-    page per loop iteration and a 64-row decode step ran fastest with 64-token pages, 16 on accelerators
-    (the Pallas kernels fetch several pages per block)."""
+    """PAGE_SIZE, or the platform's default: 64 tokens on CPU, where the XLA kernel attends to one page per
+    loop iteration, 16 on accelerators (the Pallas kernels fetch several pages per block)."""
     if page_size is not None:
         return page_size
     return 64 if _on_cpu() else 16

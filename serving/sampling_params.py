@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-DEFAULT_MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # most top logprobs a request may ask for: the sampler computes this many for every row
 GREEDY_TEMPERATURE = 1e-5
 """Temperatures below this sample greedily (vLLM's `_SAMPLING_EPS`): dividing by them would overflow."""
 MAX_ABS_LOGIT_BIAS = 100.0
@@ -53,7 +53,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
-    max_logprobs: dataclasses.InitVar[int] = DEFAULT_MAX_LOGPROBS
+    max_logprobs: dataclasses.InitVar[int] = MAX_LOGPROBS
 
     def __post_init__(self, max_logprobs: int) -> None:
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -9,7 +9,7 @@ from tpuserve.kernels.ragged_paged_attention.layout import (
     resolve_backend,
     store_kv_cache,
 )
-from tpuserve.kernels.ragged_paged_attention.storage import kv_cache_value_dtype
+from tpuserve.kernels.ragged_paged_attention.xla_layout import kv_cache_value_dtype
 
 __all__ = [
     "KernelInputError",

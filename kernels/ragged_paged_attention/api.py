@@ -1,7 +1,7 @@
 """The one ragged paged-attention entry point: validates the contract and dispatches to a backend.
 
-Backends are imported lazily because Pallas imports are heavy and platform specific; the reference backend
-must stay importable on a plain CPU install.
+Backends are imported lazily because Pallas imports are heavy and platform specific; the XLA backend must
+stay importable on a plain CPU install.
 """
 
 import importlib
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError, kv_cache_spec, resolve_backend
-from tpuserve.kernels.ragged_paged_attention.storage import kv_cache_value_dtype, reference_page_size
+from tpuserve.kernels.ragged_paged_attention.xla_layout import kv_cache_value_dtype, xla_page_size
 
 
 def ragged_paged_attention(
@@ -35,8 +35,8 @@ def ragged_paged_attention(
       q: `[T, Hq, D]` queries, flattened ragged; sequence s owns rows `cu_q_lens[s]:cu_q_lens[s+1]`.
       k, v: `[T, Hkv, D]` the step's new keys/values (same rows as q), `Hq % Hkv == 0` (GQA).
       kv_cache: one layer's cache as `kv_cache_spec` gives it for the backend: `[num_pages, page_size,
-        2 * Hkv, D_padded]` values (`kv_cache_shape`) for the Pallas backends, the reference backend's own
-        layout for it (`storage`); `store_kv_cache` converts values to it. Donated.
+        2 * Hkv, D_padded]` values (`kv_cache_shape`) for the Pallas backends, the XLA backend's own
+        layout for it (`xla_layout`); `store_kv_cache` converts values to it. Donated.
       kv_lens: `i32[S]` sequence length after this step (cached + new); 0 marks a padded sequence.
       page_indices: `i32[S, P]`; position p of sequence s lives in page `page_indices[s, p // page_size]`,
         slot `p % page_size`. Page 0 is the null page and never holds real tokens.
@@ -45,8 +45,8 @@ def ragged_paged_attention(
       sm_scale: static score scale, usually `D ** -0.5`.
       sliding_window: static W; a query at position p sees keys j with `p - j < W` (HF convention).
       soft_cap: static c; scores become `c * tanh(score / c)` before the softmax.
-      backend: "auto" (from `jax.default_backend()`), "reference", "gpu" or "tpu".
-      interpret: static; run Pallas kernels in interpret mode (ignored by the reference backend).
+      backend: "auto" (from `jax.default_backend()`), "xla", "gpu" or "tpu".
+      interpret: static; run Pallas kernels in interpret mode (ignored by the XLA backend).
 
     Returns:
       `(out [T, Hq, D] in q's dtype, zeros on padding rows, updated kv_cache)`. Softmax runs in float32.
@@ -91,16 +91,16 @@ def _check_contract(
 
 
 def _check_cache(kv_cache: jax.Array, num_kv_heads: int, head_dim: int, backend: str) -> None:
-    """The reference backend takes exactly its storage layout; Pallas ones `[pages, page, 2 * Hkv, >= D]`."""
-    if backend == "reference":
+    """The XLA backend takes exactly its `xla_layout`; Pallas ones `[pages, page, 2 * Hkv, >= D]`."""
+    if backend == "xla":
         value_dtype = kv_cache_value_dtype(kv_cache.dtype)
-        page_size = reference_page_size(kv_cache, head_dim) if kv_cache.ndim == 4 else 0
+        page_size = xla_page_size(kv_cache, head_dim) if kv_cache.ndim == 4 else 0
         one_slot = kv_cache_spec(1, 1, num_kv_heads, head_dim, value_dtype, backend=backend)  # [1, 2, Hkv, E]
         want = (kv_cache.shape[0], *one_slot.shape[1:3], page_size * one_slot.shape[3])
         if page_size and (kv_cache.shape, kv_cache.dtype) == (want, one_slot.dtype):
             return
         raise KernelInputError(
-            f"kv_cache must be the reference backend's storage ({one_slot.dtype}[pages, 2, {num_kv_heads}, "
+            f"kv_cache must be the XLA backend's layout ({one_slot.dtype}[pages, 2, {num_kv_heads}, "
             f"page_size * {one_slot.shape[3]}], see kv_cache_spec), got "
             f"{kv_cache.dtype}{list(kv_cache.shape)}"
         )

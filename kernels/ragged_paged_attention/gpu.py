@@ -1,14 +1,13 @@
-"""GPU backend of ragged paged attention: KV-cache write plus Pallas (Triton) attention kernels.
+"""GPU backend of ragged paged attention: KV-cache write plus a Pallas (Triton) attention kernel.
 
 The step's new K/V are written with one XLA scatter (`layout.write_kv`) inside the same jitted function,
 before the attention kernel runs. With the cache donated, XLA performs the scatter in place, so this costs
-one small [T, 2*Hkv, D] write rather than a cache copy; fusing it into the Triton kernels would save a
+one small [T, 2*Hkv, D] write rather than a cache copy; fusing it into the Triton kernel would save a
 launch but force programs to order writes against other programs' reads of the same pages. Padding rows are
 aimed past the cache and dropped.
 
-Attention then runs one of two kernels, chosen statically so batch composition never recompiles:
-`decode_only=True` (set by the engine for decode-only buckets) uses the split-K decode kernel,
-otherwise the ragged prefill/mixed kernel, which also handles decode rows.
+Attention then runs the ragged prefill/mixed kernel (`gpu_prefill`), which serves any batch composition,
+decode rows included, without recompiling.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tpuserve.kernels.ragged_paged_attention.gpu_decode import decode_attention
 from tpuserve.kernels.ragged_paged_attention.gpu_prefill import prefill_attention
 from tpuserve.kernels.ragged_paged_attention.layout import KernelInputError, write_kv
 
 
 class UnsupportedShapeError(KernelInputError):
-    """The GPU kernels cannot tile this head_dim / page_size / head layout."""
+    """The GPU kernel cannot tile this head_dim / page_size / head layout."""
 
 
 def _check_shapes(q: jax.Array, kv_cache: jax.Array) -> None:
@@ -42,7 +40,7 @@ def _check_shapes(q: jax.Array, kv_cache: jax.Array) -> None:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("sm_scale", "sliding_window", "soft_cap", "interpret", "decode_only"),
+    static_argnames=("sm_scale", "sliding_window", "soft_cap", "interpret"),
     donate_argnames=("kv_cache",),
 )
 def ragged_paged_attention(
@@ -59,26 +57,20 @@ def ragged_paged_attention(
     sliding_window: int | None = None,
     soft_cap: float | None = None,
     interpret: bool = False,
-    decode_only: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Write this step's K/V into the paged cache, then attend causally; returns (out, kv_cache).
 
     Shapes and semantics follow the package contract (q [T, Hq, D], k/v [T, Hkv, D], cache
-    [pages, page_size, 2*Hkv, D]). `decode_only=True` promises every live sequence has exactly
-    one query row and selects the split-K decode kernel.
+    [pages, page_size, 2*Hkv, D]).
     """
     _check_shapes(q, kv_cache)
     kv_cache = write_kv(kv_cache, k, v, kv_lens, page_indices, cu_q_lens, num_seqs)
     num_tokens = q.shape[0]
     max_seqs = kv_lens.shape[0]
     seq_lens = jnp.where(jnp.arange(max_seqs) < num_seqs[0], kv_lens, 0)
-    options = dict(sm_scale=sm_scale, sliding_window=sliding_window, soft_cap=soft_cap, interpret=interpret)
-    if not decode_only:
-        row_live = jnp.arange(num_tokens) < cu_q_lens[num_seqs[0]]
-        out = prefill_attention(q, kv_cache, seq_lens, page_indices, cu_q_lens, row_live, **options)
-        return out, kv_cache
-
-    rows = jnp.clip(cu_q_lens[:-1], 0, num_tokens - 1)
-    out = decode_attention(q[rows], kv_cache, seq_lens, page_indices, **options)
-    rows = jnp.where((seq_lens > 0) & (cu_q_lens[1:] > cu_q_lens[:-1]), rows, num_tokens)
-    return jnp.zeros_like(q).at[rows].set(out, mode="drop"), kv_cache
+    row_live = jnp.arange(num_tokens) < cu_q_lens[num_seqs[0]]
+    out = prefill_attention(
+        q, kv_cache, seq_lens, page_indices, cu_q_lens, row_live,
+        sm_scale=sm_scale, sliding_window=sliding_window, soft_cap=soft_cap, interpret=interpret,
+    )
+    return out, kv_cache

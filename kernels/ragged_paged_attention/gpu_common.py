@@ -1,8 +1,8 @@
-"""Flash-attention math shared by the GPU decode and prefill kernels.
+"""Flash-attention building blocks of the GPU kernel (`gpu_prefill`).
 
-Both kernels walk a sequence's page table one KV tile (a few pages) at a time and fold each tile
-into a running (accumulator, row max, row sum) triple. Keeping that step in one place means the two
-kernels differ only in which rows they own and which keys they may see.
+The kernel walks a sequence's page table one KV tile (a few pages) at a time and folds each tile
+into a running (accumulator, row max, row sum) triple; the tile load, that fold and the final
+normalisation live here, apart from the kernel's own row and mask bookkeeping.
 
 Everything here runs inside a Pallas kernel body, so it sticks to what the Triton lowering accepts:
 2-D power-of-two tiles, `dot_general` with float32 accumulation, element-wise math and row reductions.
@@ -19,7 +19,7 @@ from jax.experimental.pallas import triton as pl_triton
 Carry = tuple[jax.Array, jax.Array, jax.Array]
 
 # Selects the Triton lowering explicitly: without compiler params jax may route GPU Pallas calls to
-# Mosaic GPU, which these kernels (gathered pages, dynamic loop bounds) are not written for.
+# Mosaic GPU, which this kernel (gathered pages, dynamic loop bounds) is not written for.
 TRITON_PARAMS = pl_triton.CompilerParams(num_warps=4, num_stages=2)
 
 # Finite start value for the running max: a row whose keys are all masked then yields

@@ -1,27 +1,26 @@
 """KV cache layout and slot arithmetic: the single place that decides where a token's K/V live.
 
 Every backend and the model's cache allocator go through `kv_cache_spec`, so a layout change (e.g. TPU lane
-padding, the reference backend's own storage) is made here once. The slot helpers are jit-friendly: batch
+padding, the XLA backend's own layout) is made here once. The slot helpers are jit-friendly: batch
 composition stays in device arrays.
 """
 
 import jax
 import jax.numpy as jnp
 
-from tpuserve.kernels.ragged_paged_attention.storage import (
-    from_reference_cache,
-    reference_cache_spec,
+from tpuserve.kernels.ragged_paged_attention.xla_layout import (
+    from_xla_cache,
     storage_dtype,
-    to_reference_cache,
+    to_xla_cache,
+    xla_cache_spec,
 )
 
-BACKENDS = ("reference", "gpu", "tpu")
+BACKENDS = ("xla", "gpu", "tpu")
 TPU_LANES = 128
 _PLATFORM_BACKEND = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}
 # `jnp.searchsorted` over a step's sequence boundaries: comparing every pair is a few thousand elements,
-# where the default binary search is a `while` loop of ~log2(S) steps, which XLA:GPU drives from the host.
-# An H100 trace of one-row forwards (S = 8) showed two host-driven 4-step loops of ~0.2 ms each, the two
-# searches' length there (docs/performance.md, "Where a GPU step goes").
+# where the default binary search is a `while` loop of ~log2(S) steps, which XLA:GPU drives from the host
+# (docs/performance.md, "Where a GPU step goes").
 SEARCH_METHOD = "compare_all"
 
 
@@ -32,7 +31,7 @@ class KernelInputError(ValueError):
 def resolve_backend(backend: str) -> str:
     """Map "auto" to the backend for `jax.default_backend()`; validate explicit names."""
     if backend == "auto":
-        return _PLATFORM_BACKEND.get(jax.default_backend(), "reference")
+        return _PLATFORM_BACKEND.get(jax.default_backend(), "xla")
     if backend not in BACKENDS:
         raise KernelInputError(f"unknown attention backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     return backend
@@ -50,11 +49,11 @@ def kv_cache_spec(
 ) -> jax.ShapeDtypeStruct:
     """Shape and dtype of one layer's cache array holding `dtype` values, as `backend` stores them.
 
-    Pallas backends store the `kv_cache_shape` layout in `dtype`; the reference backend has its own layout
-    (`storage.reference_cache_spec`: head blocks per page, K position-minor, 16-bit floats packed in words).
+    Pallas backends store the `kv_cache_shape` layout in `dtype`; the XLA backend has its own layout
+    (`xla_layout.xla_cache_spec`: head blocks per page, K position-minor, 16-bit floats packed in words).
     """
-    if resolve_backend(backend) == "reference":
-        return reference_cache_spec(num_pages, page_size, num_kv_heads, head_dim, dtype)
+    if resolve_backend(backend) == "xla":
+        return xla_cache_spec(num_pages, page_size, num_kv_heads, head_dim, dtype)
     shape = kv_cache_shape(num_pages, page_size, num_kv_heads, head_dim, backend=backend)
     return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
 
@@ -64,15 +63,15 @@ def store_kv_cache(values: jax.Array, head_dim: int, *, backend: str) -> jax.Arr
 
     For tests and tools that build a cache by hand; the engine allocates caches directly in storage form.
     """
-    if resolve_backend(backend) == "reference":
-        return to_reference_cache(values, head_dim, storage_dtype(values.dtype, head_dim))
+    if resolve_backend(backend) == "xla":
+        return to_xla_cache(values, head_dim, storage_dtype(values.dtype, head_dim))
     return values
 
 
 def load_kv_cache(stored: jax.Array, head_dim: int, *, backend: str) -> jax.Array:
     """Inverse of `store_kv_cache`: a backend's cache array -> its values in the `kv_cache_shape` layout."""
-    if resolve_backend(backend) == "reference":
-        return from_reference_cache(stored, head_dim)
+    if resolve_backend(backend) == "xla":
+        return from_xla_cache(stored, head_dim)
     return stored
 
 
@@ -80,7 +79,7 @@ def kv_cache_shape(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, *, backend: str
 ) -> tuple[int, ...]:
     """The Pallas backends' layout of one layer's cache, `[num_pages, page_size, 2 * Hkv, D_padded]`: K/V
-    interleaved per head (the reference backend stores its own layout: `kv_cache_spec`).
+    interleaved per head (the XLA backend stores its own layout: `kv_cache_spec`).
 
     Index `2h` holds K of head h and `2h + 1` its V, so one contiguous read fetches a head's K and V and
     sharding the head axis keeps each pair together. Page 0 is the reserved null page.

@@ -1,7 +1,9 @@
 """Attention in three parts: projections (+ q/k norm + RoPE), a swappable core, the output projection.
 
 The dense core here serves full-sequence scoring and is the oracle for the paged engine, which keeps
-`project`/`o` and replaces only the core with `tpuserve.kernels.ragged_paged_attention`.
+`project`/`o` and replaces only the core with `tpuserve.kernels.ragged_paged_attention`. A core takes the
+layer's KV cache and returns the updated one alongside its output, so the cache flows through the forward as
+a value (the dense core has none and passes `None` through).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class AttentionSpec:
         return {"sm_scale": self.sm_scale, "sliding_window": self.sliding_window, "soft_cap": self.soft_cap}
 
 
-# q[..., T, Hq, D], k/v[..., T, Hkv, D], spec -> out[..., T, Hq, D]
-AttentionCore = Callable[[jax.Array, jax.Array, jax.Array, AttentionSpec], jax.Array]
+# One layer's KV cache, in the layout its core wants; None where the core keeps none (dense attention).
+KVCache = jax.Array | None
+# q[..., T, Hq, D], k/v[..., T, Hkv, D], kv_cache, spec -> out[..., T, Hq, D], updated kv_cache
+AttentionCore = Callable[[jax.Array, jax.Array, jax.Array, KVCache, AttentionSpec], tuple[jax.Array, KVCache]]
 
 
 class Attention(nnx.Module):
@@ -64,20 +68,26 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return rotary(q, self.spec.rope), rotary(k, self.spec.rope), v
 
-    def __call__(self, x: jax.Array, rotary: Rotary, core: AttentionCore) -> jax.Array:
-        out = core(*self.project(x, rotary), self.spec)
+    def __call__(
+        self, x: jax.Array, rotary: Rotary, kv_cache: KVCache, core: AttentionCore,
+    ) -> tuple[jax.Array, KVCache]:
+        """`x[..., T, hidden]` -> output `[..., T, hidden]` and `core`'s update of this layer's `kv_cache`."""
+        out, kv_cache = core(*self.project(x, rotary), kv_cache, self.spec)
         out = out.reshape(*out.shape[:-2], -1)
         if self.o.out_major:
             # XLA:CPU fuses this reshape into the one-row projection, whose dot then reads the [T, Hq, D] rows
-            # ~3x slower (o projection 190 vs 60 us a layer); the barrier hands it a materialised [T, Hq * D].
+            # several times slower; the barrier hands it a materialised [T, Hq * D].
             out = jax.lax.optimization_barrier(out)
-        return self.o(out)
+        return self.o(out), kv_cache
 
 
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpec) -> jax.Array:
+def dense_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: KVCache, spec: AttentionSpec,
+) -> tuple[jax.Array, KVCache]:
     """Causal (and sliding-window) attention over `[B, T, heads, D]` rows; softmax in float32.
 
-    Masking is by index, so right padding never changes earlier rows.
+    Masking is by index, so right padding never changes earlier rows. The whole sequence is in `k`/`v`, so
+    no cache is read or written: `kv_cache` comes back as given.
     """
     batch, length, num_heads, head_dim = q.shape
     groups = num_heads // k.shape[-2]
@@ -94,4 +104,4 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: AttentionSpe
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32), precision=PRECISION,
                      preferred_element_type=jnp.float32)
-    return out.reshape(batch, length, num_heads, head_dim)
+    return out.reshape(batch, length, num_heads, head_dim), kv_cache

@@ -30,7 +30,7 @@ class Embed(nnx.Module):
         """Tied LM head: `hidden @ table.T` with float32 accumulation.
 
         XLA:CPU's bfloat16 dot is fast only when the many-row operand is the left one, so for several rows
-        it computes `(table @ hidden.T).T` (4x faster at 64 rows); one row keeps `hidden @ table.T`.
+        it computes `(table @ hidden.T).T`; one row keeps `hidden @ table.T`.
         """
         table = self.embedding[...]
         x = hidden.astype(table.dtype)

@@ -1,9 +1,9 @@
 """Dense projection stored as [in, out] (HF stores [out, in]; the loader transposes once at load time).
 
 `with_out_major_kernels` makes a copy stored [out, in] for programs of one row: XLA:CPU computes a one-row
-`x @ kernel.T` as dot products along contiguous rows, at memory speed, but a one-row `x @ kernel` far
-slower (a 30-layer stack of SmolLM2's projections, 2026-11-26: bfloat16 8.3 vs 143 ms, float32 16.7 vs
-19.2 ms). With two or more rows the [in, out] layout is the fast one (bfloat16, 16 rows: 24 vs 188 ms).
+`x @ kernel.T` as dot products along contiguous rows, at memory speed, but a one-row bfloat16 `x @ kernel`
+far slower. With two or more rows the [in, out] layout is the fast one (docs/performance.md, "Design
+decisions").
 """
 
 from __future__ import annotations

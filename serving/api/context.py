@@ -1,4 +1,4 @@
-"""What every handler needs: the async engine, the tokenizer, the served names and the model's limits."""
+"""What every handler needs: the engine client, the tokenizer, the served names and the model's limits."""
 
 from __future__ import annotations
 
@@ -16,31 +16,31 @@ from tpuserve.serving.api.metrics import ServerMetrics
 from tpuserve.serving.api.params import generation_defaults
 from tpuserve.serving.api.prompts import TokensPrompt, render_chat
 from tpuserve.serving.api.protocol import ChatCompletionRequest, TokenizeChatRequest
-from tpuserve.serving.engine.async_engine import AsyncEngine
+from tpuserve.serving.engine.protocol import EngineClient
 from tpuserve.serving.outputs import RequestOutput
-from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParams
+from tpuserve.serving.sampling_params import MAX_LOGPROBS, SamplingParams
 
 
 @dataclasses.dataclass
 class ServingContext:
-    engine: AsyncEngine
+    engine: EngineClient
     tokenizer: PreTrainedTokenizerBase
     model_names: tuple[str, ...]
     max_model_len: int
     vocab_size: int
     defaults: dict[str, Any]
     metrics: ServerMetrics
-    max_logprobs: int = DEFAULT_MAX_LOGPROBS
+    max_logprobs: int = MAX_LOGPROBS
     chat_template: str | None = None
 
     @classmethod
     def create(
         cls,
-        engine: AsyncEngine,
+        engine: EngineClient,
         loaded: LoadedModel,
         model_names: Sequence[str],
         *,
-        max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+        max_logprobs: int = MAX_LOGPROBS,
         chat_template: str | None = None,
     ) -> ServingContext:
         if not model_names:
@@ -49,10 +49,10 @@ class ServingContext:
             engine=engine,
             tokenizer=loaded.tokenizer,
             model_names=tuple(model_names),
-            max_model_len=engine.engine.config.max_model_len,
+            max_model_len=engine.config.max_model_len,
             vocab_size=loaded.config.vocab_size,
             defaults=generation_defaults(loaded.generation_config),
-            metrics=ServerMetrics(engine.engines, model_names[0]),
+            metrics=ServerMetrics(engine, model_names[0]),
             max_logprobs=max_logprobs,
             chat_template=chat_template,
         )

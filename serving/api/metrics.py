@@ -11,9 +11,9 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 
-from tpuserve.serving.engine.engine import Engine
+from tpuserve.serving.engine.protocol import EngineClient
 from tpuserve.serving.outputs import RequestOutput
 
 # vLLM's bucket boundaries, so histograms line up with theirs on a shared dashboard.
@@ -61,8 +61,8 @@ class Histogram:
 class ServerMetrics:
     """Counts requests as they pass; engine gauges are summed over every engine (data-parallel replicas)."""
 
-    def __init__(self, engines: Sequence[Engine], model_name: str) -> None:
-        self.engines = list(engines)
+    def __init__(self, engine: EngineClient, model_name: str) -> None:
+        self.engine = engine
         self.labels = f'model_name="{model_name}"'
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -106,7 +106,7 @@ class ServerMetrics:
             self.e2e.observe(time.monotonic() - output.metrics.arrival_time)
 
     def render(self) -> str:
-        engines, labels = self.engines, self.labels
+        snapshots, labels = self.engine.snapshots(), self.labels
         lines = []
 
         def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -115,12 +115,12 @@ class ServerMetrics:
             lines.extend(f"{sample_name}{{{labels}{extra}}} {float(value)}" for extra, value in samples)
 
         values = (
-            sum(len(engine.scheduler.running) for engine in engines),
-            sum(engine.scheduler.num_waiting for engine in engines),
-            sum(engine.allocator.usage for engine in engines) / len(engines),
-            sum(engine.stats.num_preemptions for engine in engines),
-            sum(engine.allocator.stats.queries for engine in engines),
-            sum(engine.allocator.stats.hits for engine in engines),
+            sum(s.num_running for s in snapshots),
+            sum(s.num_waiting for s in snapshots),
+            sum(s.kv_cache_usage for s in snapshots) / len(snapshots),
+            sum(s.num_preemptions for s in snapshots),
+            sum(s.prefix_cache_queries for s in snapshots),
+            sum(s.prefix_cache_hits for s in snapshots),
             self.prompt_tokens,
             self.generation_tokens,
         )

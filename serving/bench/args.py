@@ -36,12 +36,14 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, num_prompts: int | None = 1000,
-                          num_prompts_help: str | None = None) -> None:
+                          num_prompts_help: str | None = None, seed: bool = True) -> None:
+    """SEED False: the command's `EngineArgs` `--seed` seeds the dataset too (vLLM's `bench throughput`)."""
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset-name", choices=("random", "sharegpt"), default="random")
     group.add_argument("--dataset-path", help="ShareGPT-format JSON file (for --dataset-name sharegpt)")
     group.add_argument("--num-prompts", type=int, default=num_prompts, help=num_prompts_help)
-    group.add_argument("--seed", type=int, default=0)
+    if seed:
+        group.add_argument("--seed", type=int, default=0)
     group.add_argument("--random-input-len", "--input-len", type=int, default=1024)
     group.add_argument("--random-output-len", "--output-len", type=int, default=128)
     group.add_argument("--random-range-ratio", type=float, default=0.0)

@@ -13,34 +13,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tpuserve.serving.args import EngineArgs
 from tpuserve.serving.bench import args as bench_args
 from tpuserve.serving.bench.datasets import SampleRequest
-from tpuserve.serving.config import KV_CACHE_DTYPE_HELP, KV_CACHE_DTYPES
 from tpuserve.serving.llm import LLM
 from tpuserve.serving.sampling_params import SamplingParams
-
-ENGINE_ARGS = (("max_model_len", None), ("max_num_seqs", 64), ("max_num_batched_tokens", 512),
-               ("page_size", None), ("num_pages", None), ("min_token_bucket", None))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint (default: embedded SmolLM2)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto", help=KV_CACHE_DTYPE_HELP)
-    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction,
-                        help="default: on on CPU, off on accelerators")
-    for name, default in ENGINE_ARGS:
-        engine.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
-    bench_args.add_dataset_arguments(parser)
+    EngineArgs.add_cli_args(parser)
+    bench_args.add_dataset_arguments(parser, seed=False)
     parser.add_argument("--disable-tqdm", action="store_true")
     parser.add_argument("--result-json", type=Path, help="write the result JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = {name: getattr(args, name) for name, _ in ENGINE_ARGS}
-    llm = LLM(args.model, args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-              async_scheduling=args.async_scheduling, use_tqdm=not args.disable_tqdm, **engine)
+    llm = LLM.from_engine_args(EngineArgs.from_cli_args(args), use_tqdm=not args.disable_tqdm)
     requests = bench_args.sample_requests(args, llm.get_tokenizer(), args.num_prompts)
     result = benchmark_offline(llm, requests, progress=not args.disable_tqdm)
     print(f"Throughput: {result['requests_per_second']:.2f} requests/s, "

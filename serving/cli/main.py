@@ -15,18 +15,20 @@ from collections.abc import Callable, Iterator, Sequence
 from tpuserve.model import ModelLoadError, load_model
 from tpuserve.model.info import model_info
 from tpuserve.model.loading import save_converted
+from tpuserve.serving.args import DTYPES
 from tpuserve.serving.bench.cli import register_bench
 from tpuserve.serving.cli.serve import add_serve_arguments, serve
 
-DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_HELP = "parameter dtype (default: float32 on CPU, bfloat16 on accelerators)"
 Subparsers = argparse._SubParsersAction
 MODEL_HELP = "a .gguf file, a Hugging Face directory or a tpuserve Orbax directory (default: SmolLM2-135M)"
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, with_dtype: bool = True) -> None:
+    """MODEL, and `--dtype` unless the command's `EngineArgs` flags bring it."""
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
+    if with_dtype:
+        parser.add_argument("--dtype", choices=DTYPES, help=DTYPE_HELP)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -42,7 +44,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def register_serve(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("serve", help="load a model and serve the OpenAI-compatible API")
-    _add_model_arguments(parser)
+    _add_model_arguments(parser, with_dtype=False)
     add_serve_arguments(parser)
     parser.set_defaults(run=serve)
 

@@ -15,7 +15,7 @@ import itertools
 
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.core.page_allocator import PageAllocator
-from tpuserve.serving.engine.request import Request, RequestStatus
+from tpuserve.serving.core.request import Request, RequestStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,12 @@ class ScheduledChunk:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerOutput:
+    """A step's chunks, the requests preempted for it, and those finished since the last step (whose slots the
+    runner frees)."""
+
     chunks: list[ScheduledChunk]
     preempted: list[Request]
+    finished: list[Request] = dataclasses.field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -49,6 +53,7 @@ class Scheduler:
         self._waiting: list[tuple[int, float, int, Request]] = []
         self._order = itertools.count()
         self._admitted_at: dict[str, int] = {}
+        self._finished: list[Request] = []
         self.num_preemptions = 0
 
     @property
@@ -65,15 +70,16 @@ class Scheduler:
             self._waiting, (request.priority, request.arrival_time, next(self._order), request)
         )
 
-    def finish(self, request: Request) -> None:
-        """Release a finished or aborted request's pages, wherever it is."""
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        """End a request with STATUS (one of the finished ones), releasing its pages wherever it is."""
         if request in self.running:
             self.running.remove(request)
         else:
             self._waiting = [entry for entry in self._waiting if entry[3] is not request]
             heapq.heapify(self._waiting)
         self._release(request)
-        request.status = RequestStatus.FINISHED
+        request.status = status
+        self._finished.append(request)
 
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
@@ -98,7 +104,8 @@ class Scheduler:
                 budget -= num_tokens
         if not preempted:
             budget = self._admit_waiting(budget, chunks)
-        return SchedulerOutput(chunks, preempted)
+        finished, self._finished = self._finished, []
+        return SchedulerOutput(chunks, preempted, finished)
 
     def _admit_waiting(self, budget: int, chunks: list[ScheduledChunk]) -> int:
         while self._waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:

@@ -15,7 +15,9 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 
-from tpuserve.serving.engine.engine import Engine
+from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.engine.protocol import StepEngine
+from tpuserve.serving.engine.stats import EngineSnapshot
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
 
@@ -41,7 +43,9 @@ def _deliver(batch: list[tuple[_Stream, RequestOutput]]) -> None:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine) -> None:
+    """An `EngineClient` over one step engine (an `Engine`, or a multi-host `LockstepEngine`)."""
+
+    def __init__(self, engine: StepEngine) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
@@ -56,18 +60,17 @@ class AsyncEngine:
         return self._thread.is_alive() and self.error is None
 
     @property
-    def engines(self) -> list[Engine]:
-        """The engines behind this front (one here; a replica each behind `DataParallelEngine`)."""
-        return [self.engine]
+    def config(self) -> EngineConfig:
+        return self.engine.config
+
+    def snapshots(self) -> list[EngineSnapshot]:
+        return [self.engine.snapshot()]
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
         prompt: str | None = None, priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
-        """Cumulative outputs as the request progresses; the last one has `finished=True`.
-
-        Leaving the iteration early (client disconnect, cancellation) aborts the request.
-        """
+        """As `EngineClient.generate`; a request the engine rejects raises here, before any output."""
         if not self.is_running:
             raise EngineDeadError("the engine is not running") from self.error
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())

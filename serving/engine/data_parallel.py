@@ -8,37 +8,37 @@ its replica for its whole life (its KV cache lives there).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import jax
 
 from tpuserve.model.sharding import make_mesh, replica_meshes
+from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.engine.async_engine import AsyncEngine
 from tpuserve.serving.engine.engine import Engine
-from tpuserve.serving.llm import LLM
+from tpuserve.serving.engine.stats import EngineSnapshot
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
 
-MakeLLM = Callable[..., LLM]  # LLM(**, tensor_parallel_size=, devices=) with the caller's other settings
+BuildEngine = Callable[[Sequence[jax.Device]], Engine]  # an engine of the caller's settings on these devices
 
 
 class DataParallelEngine:
-    """The `AsyncEngine` interface over `data_parallel_size` replicas of `tensor_parallel_size` devices."""
+    """An `EngineClient` over `data_parallel_size` replicas of `tensor_parallel_size` devices each."""
 
-    def __init__(self, make_llm: MakeLLM, data_parallel_size: int, tensor_parallel_size: int = 1) -> None:
+    def __init__(self, build: BuildEngine, data_parallel_size: int, tensor_parallel_size: int = 1) -> None:
         meshes = replica_meshes(make_mesh(tensor_parallel_size, data_parallel_size))
-        self.llms = [make_llm(tensor_parallel_size=tensor_parallel_size, devices=list(mesh.devices.flat))
-                     for mesh in meshes]
-        self.replicas = [AsyncEngine(llm.engine) for llm in self.llms]
+        self.replicas = [AsyncEngine(build(list(mesh.devices.flat))) for mesh in meshes]
         self.in_flight = [0] * len(self.replicas)
         self._owner: dict[str, int] = {}
 
     @property
-    def engine(self) -> Engine:
-        """Replica 0's engine, for what all replicas share (config, tokenizer, model limits)."""
-        return self.replicas[0].engine
+    def config(self) -> EngineConfig:
+        """Every replica's (they are built alike)."""
+        return self.replicas[0].config
 
-    @property
-    def engines(self) -> list[Engine]:
-        return [replica.engine for replica in self.replicas]
+    def snapshots(self) -> list[EngineSnapshot]:
+        return [snapshot for replica in self.replicas for snapshot in replica.snapshots()]
 
     @property
     def is_running(self) -> bool:
@@ -48,7 +48,7 @@ class DataParallelEngine:
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
         prompt: str | None = None, priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
-        """As `AsyncEngine.generate`, on the least-loaded replica."""
+        """As `EngineClient.generate`, on the least-loaded replica."""
         index = min(range(len(self.replicas)), key=self.in_flight.__getitem__)
         self.in_flight[index] += 1
         self._owner[request_id] = index

@@ -17,8 +17,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.core.request import ParentRequest
 from tpuserve.serving.engine.engine import Engine
-from tpuserve.serving.engine.request_group import RequestGroup
+from tpuserve.serving.engine.stats import EngineSnapshot
 from tpuserve.serving.outputs import RequestOutput
 from tpuserve.serving.sampling_params import SamplingParams
 
@@ -33,26 +35,30 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
 
 
 class LockstepEngine:
-    """The leader's engine: the `Engine` interface, recording the calls that followers must replay."""
+    """The leader's `StepEngine`: its own engine's, recording the calls that followers must replay."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.config: EngineConfig = engine.config
         self._calls: list[Call] = []
 
-    def __getattr__(self, name: str) -> Any:
-        """Reads (config, stats, has_unfinished, scheduler...) go to the engine itself."""
-        return getattr(self.engine, name)
+    @property
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished
+
+    def snapshot(self) -> EngineSnapshot:
+        return self.engine.snapshot()
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
         prompt: str | None = None, priority: int = 0,
-    ) -> RequestGroup:
+    ) -> ParentRequest:
         """As `Engine.add_request`; a request it rejects is never sent to the followers."""
-        group = self.engine.add_request(request_id, prompt_token_ids, params, prompt=prompt,
+        parent = self.engine.add_request(request_id, prompt_token_ids, params, prompt=prompt,
                                         priority=priority)
         self._calls.append(("add_request", (request_id, list(prompt_token_ids), params),
                             {"prompt": prompt, "priority": priority}))
-        return group
+        return parent
 
     def abort(self, request_id: str) -> RequestOutput | None:
         self._calls.append(("abort", (request_id,), {}))

@@ -42,3 +42,15 @@ class EngineStats:
 
 def _recent() -> collections.deque[float]:
     return collections.deque(maxlen=RECENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSnapshot:
+    """The gauges a metrics scrape reads from one engine."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of the KV pages in use
+    num_preemptions: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int

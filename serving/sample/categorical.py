@@ -1,12 +1,12 @@
 """Exact categorical draws from one uniform number per row (inverse CDF), in two cheap passes.
 
-A Gumbel-max draw needs a random number for every vocabulary entry: at 64 rows of a 49k vocabulary that
-is 3M threefry draws, which took 60 ms per step on our CPU, longer than the model's LM head. Inverse-CDF
-sampling needs one: find the first token whose cumulative probability exceeds `u * total`. A cumulative
-sum over the whole vocabulary is a slow scan, so the search is two-level: block masses (one reduction),
-the block (a cumulative sum over `V / BLOCK` masses), then the token inside it (a cumulative sum over
-`BLOCK` entries). A token of probability 0 is never chosen: the first crossing always lands on an entry
-that adds mass, and rounding past the end is clamped to the last entry that has mass.
+A Gumbel-max draw needs a random number for every vocabulary entry, which on a CPU costs more than the model's
+LM head (docs/performance.md, "Design decisions"). Inverse-CDF sampling needs one: find the first token whose
+cumulative probability exceeds `u * total`. A cumulative sum over the whole vocabulary is a slow scan, so the
+search is two-level: block masses (one reduction), the block (a cumulative sum over `V / BLOCK` masses), then
+the token inside it (a cumulative sum over `BLOCK` entries). A token of probability 0 is never chosen: the
+first crossing always lands on an entry that adds mass, and rounding past the end is clamped to the last entry
+that has mass.
 """
 
 from __future__ import annotations

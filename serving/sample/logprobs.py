@@ -2,7 +2,7 @@
 
 vLLM's default `logprobs_mode="raw_logprobs"` reports the model's distribution, before bias, penalties
 or temperature, so the numbers do not depend on how the token was picked. The number of alternatives
-is a static `MAX_TOP_LOGPROBS`; each request's own count is cut on the host.
+is a static `MAX_LOGPROBS`; each request's own count is cut on the host.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS
-
-MAX_TOP_LOGPROBS = DEFAULT_MAX_LOGPROBS
+from tpuserve.serving.sampling_params import MAX_LOGPROBS
 
 
 class TokenLogprobs(NamedTuple):
@@ -22,8 +20,8 @@ class TokenLogprobs(NamedTuple):
 
     logprob: jax.Array  # float32 [N]
     rank: jax.Array  # int32 [N]
-    top_ids: jax.Array  # int32 [N, MAX_TOP_LOGPROBS], most likely first
-    top_logprobs: jax.Array  # float32 [N, MAX_TOP_LOGPROBS]
+    top_ids: jax.Array  # int32 [N, MAX_LOGPROBS], most likely first
+    top_logprobs: jax.Array  # float32 [N, MAX_LOGPROBS]
 
 
 def token_logprobs(logits: jax.Array, token_ids: jax.Array) -> TokenLogprobs:
@@ -31,13 +29,13 @@ def token_logprobs(logits: jax.Array, token_ids: jax.Array) -> TokenLogprobs:
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     chosen = jnp.take_along_axis(logprobs, token_ids[:, None], axis=-1)
     rank = jnp.sum(logprobs >= chosen, axis=-1, dtype=jnp.int32)
-    top_logprobs, top_ids = jax.lax.top_k(logprobs, min(MAX_TOP_LOGPROBS, logits.shape[-1]))
+    top_logprobs, top_ids = jax.lax.top_k(logprobs, min(MAX_LOGPROBS, logits.shape[-1]))
     return TokenLogprobs(chosen[:, 0], rank, top_ids.astype(jnp.int32), top_logprobs)
 
 
 def empty_logprobs(num_rows: int, vocab_size: int) -> TokenLogprobs:
     """The placeholder a step returns when no row asked for logprobs (same shapes, no work)."""
-    k = min(MAX_TOP_LOGPROBS, vocab_size)
+    k = min(MAX_LOGPROBS, vocab_size)
     return TokenLogprobs(
         jnp.zeros(num_rows, jnp.float32),
         jnp.zeros(num_rows, jnp.int32),

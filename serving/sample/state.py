@@ -7,8 +7,8 @@ admitted, and the sampler adds the token it samples to its slot's counts with a 
 A step then transfers only O(batch) scalars, and no shape depends on prompt length, bias count or
 generated length, so these tables never cause a recompile.
 
-Memory is `num_slots x vocab x 10` bytes (int32 counts, float32 bias, two bool masks): 126 MB for
-256 slots of a 49k vocabulary, far below the KV cache it sits beside. A bincount of padded token lists
+Memory is `num_slots x vocab x 10` bytes (int32 counts, float32 bias, two bool masks), far below the KV
+cache it sits beside. A bincount of padded token lists
 per step was the alternative; it needs a static max length (a compile variant per length bucket) and
 ships every generated token every step.
 """

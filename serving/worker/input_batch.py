@@ -13,8 +13,8 @@ import numpy as np
 
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.core.request import Request
 from tpuserve.serving.core.scheduler import ScheduledChunk, SchedulerOutput
-from tpuserve.serving.engine.request import Request
 from tpuserve.serving.worker.programs import StepInputs
 
 

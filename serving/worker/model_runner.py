@@ -1,8 +1,9 @@
-"""Runs one scheduled step on the device: the paged forward, logits for the sampled rows, the sampler.
+"""Runs one scheduled step on the device: `ModelRunner.execute(schedule)`, the engine's one call per step.
 
-The runner owns the arrays (weights, KV caches, sampler tables) and feeds them to the jitted programs of
-`tpuserve.serving.worker.programs`, which it shares with every runner of the same model structure and shapes.
-Batch composition lives in arrays, so a workload of any mix runs on the precompiled buckets alone.
+The runner owns the arrays (weights, KV caches, sampler tables) and each running request's sampler slot;
+it turns a `SchedulerOutput` into the step's inputs and sampling rows and feeds them to the jitted programs of
+`tpuserve.serving.worker.programs`, which it shares with every runner of the same model structure and
+shapes. Batch composition lives in arrays, so a workload of any mix runs on the precompiled buckets alone.
 
 A model split for tensor parallelism brings its mesh along (`model_mesh`): the KV caches are then created
 head-sharded on it, the sampler tables replicated over it, and the attention kernel runs per shard.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -25,11 +27,14 @@ from tpuserve.model.paged import init_kv_caches
 from tpuserve.model.sharding import model_mesh
 from tpuserve.serving.buckets import pad_to
 from tpuserve.serving.config import EngineConfig, resolve_kv_cache_dtype
+from tpuserve.serving.core.request import Request
+from tpuserve.serving.core.scheduler import SchedulerOutput
 from tpuserve.serving.sample.logprobs import TokenLogprobs, prompt_logprobs
 from tpuserve.serving.sample.metadata import SamplingMetadata, pack
 from tpuserve.serving.sample.sampler import SamplerOutput
 from tpuserve.serving.sample.state import SamplerState, admit
 from tpuserve.serving.sampling_params import GREEDY_TEMPERATURE, SamplingParams
+from tpuserve.serving.worker.input_batch import PreparedStep, prepare_step
 from tpuserve.serving.worker.programs import Programs, ProgramSpec, StepInputs
 
 
@@ -37,8 +42,8 @@ from tpuserve.serving.worker.programs import Programs, ProgramSpec, StepInputs
 class Weights:
     """A model as the jitted programs take it: its static graph, and its arrays as one flat list.
 
-    A flat list because jit flattens nothing faster: an `nnx.State` went through ~300 Python callbacks
-    (1.6 ms of host time per dispatch), a nested dict of its 182 arrays still took ~0.17 ms on every call.
+    A flat list because jit flattens nothing faster: an `nnx.State` or a nested dict is re-flattened on
+    every dispatch, which is host time a GPU step waits for.
     """
 
     graphdef: nnx.GraphDef
@@ -62,11 +67,53 @@ class Weights:
         return self.graphdef, self.treedef
 
 
-class ModelRunner:
-    """Owns the parameters, the KV caches and the sampler's per-slot tables on the device."""
+class SampledTokens(NamedTuple):
+    """One step's sampled tokens (row i: the step's `sampled[i]`), and their logprobs when some row asked."""
 
-    def __init__(self, model: Transformer, config: EngineConfig, backend: str = "auto") -> None:
+    token_ids: np.ndarray
+    logprobs: TokenLogprobs | None
+
+    @classmethod
+    def fetching(cls, output: SamplerOutput, with_logprobs: bool) -> SampledTokens:
+        """The device arrays the host will read, their copies to the host already started.
+
+        Started at dispatch, each copy runs as soon as its step is done rather than when the host asks (with
+        async scheduling, while the next step already runs). Unrequested logprobs stay on the device: one
+        transfer per step instead of five.
+        """
+        tokens = cls(output.token_ids, output.logprobs if with_logprobs else None)
+        for array in jax.tree.leaves(tokens):
+            array.copy_to_host_async()
+        return tokens
+
+
+class PromptLogprobs(NamedTuple):
+    """Logprobs of one request's prompt tokens `first_position + 1 ...` scored this step."""
+
+    request: Request
+    first_position: int
+    logprobs: TokenLogprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerOutput:
+    """A dispatched step: `tokens` (still on the device) holds one row per request of `sampled`."""
+
+    sampled: list[Request]
+    tokens: SampledTokens | None
+    prompt_logprobs: list[PromptLogprobs]
+
+
+class ModelRunner:
+    """Owns the parameters, the KV caches, the sampler's per-slot tables on the device, and the slots."""
+
+    def __init__(self, model: Transformer, config: EngineConfig, backend: str = "auto",
+                 eos_token_id: int | None = None) -> None:
         self.config = config
+        self.eos_token_id = eos_token_id  # banned until a request's min_tokens
+        self._slots: dict[Request, int] = {}
+        self._free_slots = list(range(config.max_num_seqs - 1, -1, -1))
+        self._last_rows: dict[Request, int] = {}  # each request's row in the last step's sampled tokens
         self.model_config = model.config
         self.weights = Weights.of(model)
         # One-row programs (a lone decode token, one sampled row's LM head) run on a copy of the projection
@@ -105,16 +152,68 @@ class ModelRunner:
         one_row = num_rows == 1
         return self._logits(one_row, self.weights_for(one_row).leaves, rows, num_rows)
 
-    def admit(
-        self,
-        slot: int,
-        params: SamplingParams,
-        prompt: list[int],
-        outputs: list[int],
-        eos_token_id: int | None,
-    ) -> None:
-        """Write a request's sampler tables into its slot (on admission or after a recompute)."""
-        self.sampler_state = admit(self.sampler_state, slot, params, prompt, eos_token_id, outputs)
+    def execute(self, schedule: SchedulerOutput) -> RunnerOutput | None:
+        """Dispatch SCHEDULE's step: slots for new requests, the forward, the sampler, prompt logprobs.
+
+        Returns before the device is done; None when nothing is scheduled. A request's newest token may still
+        be in flight from the previous step (async scheduling): the forward reads it on the device.
+        """
+        for request in (*schedule.finished, *schedule.preempted):
+            self._release_slot(request)
+        if not schedule.chunks:
+            return None
+        for chunk in schedule.chunks:
+            if chunk.request not in self._slots:
+                self._admit(chunk.request)
+        step = prepare_step(schedule, self.config, self._last_rows)
+        hidden, sample_hidden = self.forward(step.inputs)
+        tokens = self._sample_step(sample_hidden, step)
+        self._last_rows = {chunk.request: i for i, chunk in enumerate(step.sampled)}
+        sampled = [chunk.request for chunk in step.sampled]
+        return RunnerOutput(sampled, tokens, self._score_prompts(hidden, step))
+
+    def _admit(self, request: Request) -> None:
+        """Give REQUEST a slot and write its sampler tables there (on admission or after a recompute)."""
+        slot = self._slots[request] = self._free_slots.pop()
+        self._write_slot(slot, request.sampling_params, request.prompt_token_ids, request.output_token_ids)
+
+    def _write_slot(self, slot: int, params: SamplingParams, prompt: list[int], outputs: list[int]) -> None:
+        self.sampler_state = admit(self.sampler_state, slot, params, prompt, self.eos_token_id, outputs)
+
+    def _release_slot(self, request: Request) -> None:
+        slot = self._slots.pop(request, None)
+        if slot is not None:
+            self._free_slots.append(slot)
+
+    def _sample_step(self, sample_hidden: jax.Array, step: PreparedStep) -> SampledTokens | None:
+        """Dispatches sampling; the fields are still device arrays (fetched once, after dispatch)."""
+        if not step.sampled:
+            return None
+        requests = [chunk.request for chunk in step.sampled]
+        meta = SamplingMetadata.from_params(
+            [r.sampling_params for r in requests],
+            num_rows=step.num_sample_rows,
+            slot_ids=[self._slots[r] for r in requests],
+            output_lens=[r.num_output_tokens for r in requests],
+            request_numbers=[r.number for r in requests],
+            engine_seed=self.config.seed,
+        )
+        output = self.sample(sample_hidden, meta)
+        return SampledTokens.fetching(output, with_logprobs=bool(np.any(meta.num_logprobs >= 0)))
+
+    def _score_prompts(self, hidden: jax.Array, step: PreparedStep) -> list[PromptLogprobs]:
+        if not step.prompt_logprobs:
+            return []
+        rows = np.concatenate([p.rows for p in step.prompt_logprobs])
+        targets = np.concatenate([p.targets for p in step.prompt_logprobs])
+        result = self.prompt_logprobs(hidden, rows, targets)
+        scored, start = [], 0
+        for part in step.prompt_logprobs:
+            stop = start + len(part.rows)
+            logprobs = TokenLogprobs(*(field[start:stop] for field in result))
+            scored.append(PromptLogprobs(part.chunk.request, part.first_position, logprobs))
+            start = stop
+        return scored
 
     def forward(self, inputs: StepInputs) -> tuple[jax.Array, jax.Array]:
         """Runs the step; returns all hidden rows and the `max_num_seqs` rows at `inputs.sample_rows`."""
@@ -157,7 +256,7 @@ class ModelRunner:
             hidden, sample_hidden = self.forward(self.empty_inputs(tokens))
             jax.block_until_ready(self._gather(hidden, rows))
             yield f"forward T={tokens}"
-        self.admit(0, SamplingParams(), [0], [], None)  # the slot write; a real admission overwrites it
+        self._write_slot(0, SamplingParams(), [0], [])  # the slot write; a real admission overwrites it
         for seqs in config.seq_buckets:
             for params in ([], [SamplingParams(temperature=1.0)]):  # the all-greedy and the general sampler
                 meta = SamplingMetadata.from_params(

@@ -4,6 +4,8 @@ A `CaseSpec` names a batch shape (per-sequence cached-prefix and new-token count
 turns it into fresh random numpy inputs, seeded per case. The cache starts random (never zeros), page 0 and
 spare pages included, so tests catch writes to the wrong slot and reads of stale slots. The cache is built
 in the Pallas layout (`kv_cache_shape`); `args_for` converts it to what a backend stores.
+
+`assert_matches_oracle` is every backend's parity check against the dense oracle.
 """
 
 import dataclasses
@@ -14,7 +16,18 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from tests.kernels.dense_oracle import dense_attention
 from tpuserve.kernels.ragged_paged_attention import kv_cache_shape, load_kv_cache, store_kv_cache
+
+# Output tolerance (atol = rtol) against the float64 oracle, per backend and dtype; each backend's test file
+# says in its docstring where its numbers come from.
+ORACLE_TOLERANCE = {
+    "xla": {"float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2},
+    "gpu": {"float32": 1e-5, "bfloat16": 2e-2},
+    "tpu": {"float32": 2e-5, "bfloat16": 1.5e-2},
+}
+# What jax records around every executable it builds (a persistent-cache hit included); jax has no public
+# compile count (only the private `_cache_size()` of one jitted function).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +47,7 @@ class CaseSpec:
     pad_tokens: int = 0
     pad_seqs: int = 0
     spare_pages: int = 3
-    layout_backend: str = "reference"
+    layout_backend: str = "xla"
     bucket: tuple[int, int, int, int] | None = None  # (T, S, pages_per_seq, num_pages) to pad up to
 
 
@@ -139,3 +152,19 @@ def make_case(spec: CaseSpec, seed: int | None = None) -> RaggedCase:
         cu_q_lens=cu_q_lens,
         num_seqs=np.array([num_real], np.int32),
     )
+
+
+def assert_matches_oracle(case: RaggedCase, out: jax.Array | np.ndarray, cache: jax.Array | np.ndarray,
+                          backend: str) -> None:
+    """`(out, cache)` that BACKEND returned for CASE against the dense oracle: `out` has q's dtype and shape
+    and lies within `ORACLE_TOLERANCE[backend]` of the oracle (whose padding rows are zeros); `cache`, read
+    back as values (`cache_values`), equals the oracle's expected cache bit for bit."""
+    want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
+    out = np.asarray(out)
+    assert (out.dtype, out.shape) == (case.q.dtype, case.q.shape)
+    tol = ORACLE_TOLERANCE[backend][case.spec.dtype]
+    np.testing.assert_allclose(out.astype(np.float64), want_out, rtol=tol, atol=tol)
+    got_cache = case.cache_values(cache, backend)
+    assert (got_cache.dtype, got_cache.shape) == (want_cache.dtype, want_cache.shape)
+    np.testing.assert_array_equal(got_cache, want_cache)
+    np.testing.assert_array_equal(got_cache.view(np.uint8), want_cache.view(np.uint8))

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.kernels.cases import CaseSpec, make_case
-from tests.kernels.dense_oracle import dense_attention
+from tests.kernels.cases import CaseSpec, assert_matches_oracle, make_case
 from tpuserve.kernels.ragged_paged_attention import (
     KernelInputError,
     kv_cache_shape,
@@ -17,10 +16,11 @@ from tpuserve.kernels.ragged_paged_attention import (
     kv_cache_value_dtype,
     load_kv_cache,
     ragged_paged_attention,
-    reference,
     resolve_backend,
     store_kv_cache,
+    xla,
 )
+from tpuserve.serving.worker.compilation import compilation_count
 
 # One padded shape (T=32, S=8, pages_per_seq=8, 48 pages), many batch compositions.
 BUCKET = (32, 8, 8, 48)
@@ -30,42 +30,21 @@ COMPOSITIONS = (
     CaseSpec("mixed", cached=(12, 0, 90, 5, 60), new=(1, 17, 1, 6, 1), bucket=BUCKET),
     CaseSpec("full", cached=(1, 2, 3, 4, 5, 6, 7, 8), new=(4, 4, 4, 4, 4, 4, 4, 4), bucket=BUCKET),
 )
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-REFERENCE_CACHE = "kv_cache must be the reference backend's storage"
-
-
-def _assert_matches_oracle(case, out: jax.Array, cache: jax.Array) -> None:
-    want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
-    np.testing.assert_allclose(np.asarray(out, np.float64), want_out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(case.cache_values(cache, "reference"), want_cache)
-
-
-@pytest.fixture
-def compile_count():
-    """A live counter of XLA backend compilations while the test runs."""
-    events = []
-
-    def listener(event: str, duration: float, **kwargs: object) -> None:
-        if event == COMPILE_EVENT:
-            events.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield lambda: len(events)
-    jax.monitoring.unregister_event_duration_listener(listener)
+XLA_CACHE = "kv_cache must be the XLA backend's layout"
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU choice")
-def test_auto_picks_reference_on_cpu(monkeypatch):
-    assert resolve_backend("auto") == "reference"
+def test_auto_picks_xla_on_cpu(monkeypatch):
+    assert resolve_backend("auto") == "xla"
     calls = []
 
     def spy(*args: object, **kwargs: object) -> tuple[str, str]:
         calls.append(kwargs)
         return "out", "kv"
 
-    monkeypatch.setattr(reference, "ragged_paged_attention", spy)
+    monkeypatch.setattr(xla, "ragged_paged_attention", spy)
     case = make_case(COMPOSITIONS[0])
-    assert ragged_paged_attention(*case.args_for("reference"), **case.kwargs()) == ("out", "kv")
+    assert ragged_paged_attention(*case.args_for("xla"), **case.kwargs()) == ("out", "kv")
     assert calls == [{**case.kwargs(), "interpret": False}]
 
 
@@ -83,19 +62,19 @@ def test_unknown_backend_is_rejected():
         ("cu_q_lens", np.zeros(8, np.int32), r"cu_q_lens must be int32\[9\]"),
         ("num_seqs", np.zeros(2, np.int32), "num_seqs"),
         ("page_indices", np.zeros((7, 8), np.int32), "page_indices"),
-        ("kv_cache", np.zeros((48, 16, 4, 64), np.float32), REFERENCE_CACHE),
-        ("kv_cache", np.zeros((48, 2, 3, 16 * 64), np.float32), REFERENCE_CACHE),
-        ("kv_cache", np.zeros((48, 2, 2, 1000), np.float32), REFERENCE_CACHE),
-        ("kv_cache", jnp.zeros((48, 2, 2, 16 * 64), jnp.bfloat16), REFERENCE_CACHE),
+        ("kv_cache", np.zeros((48, 16, 4, 64), np.float32), XLA_CACHE),
+        ("kv_cache", np.zeros((48, 2, 3, 16 * 64), np.float32), XLA_CACHE),
+        ("kv_cache", np.zeros((48, 2, 2, 1000), np.float32), XLA_CACHE),
+        ("kv_cache", jnp.zeros((48, 2, 2, 16 * 64), jnp.bfloat16), XLA_CACHE),
     ],
 )
 def test_contract_violations_raise(field, bad, message):
-    """Each bad argument in an otherwise valid reference call; the Pallas cache layout is one of them."""
+    """Each bad argument in an otherwise valid XLA-backend call; the Pallas cache layout is one of them."""
     case = make_case(COMPOSITIONS[0])
-    args = list(case.args_for("reference"))
+    args = list(case.args_for("xla"))
     args[[f.name for f in dataclasses.fields(case)][1:].index(field)] = bad
     with pytest.raises(KernelInputError, match=message):
-        ragged_paged_attention(*args, **case.kwargs(), backend="reference")
+        ragged_paged_attention(*args, **case.kwargs(), backend="xla")
 
 
 def test_pallas_backends_check_their_cache_layout():
@@ -106,19 +85,19 @@ def test_pallas_backends_check_their_cache_layout():
         ragged_paged_attention(*args, **case.kwargs(), backend="gpu", interpret=True)
 
 
-def test_reference_storage_layout():
+def test_xla_cache_layout():
     """Head blocks per page (K position-minor), 16-bit floats as integers: two per 32-bit word along D, one
     per 16-bit integer for an odd D; float32 as it is. Pallas backends store `kv_cache_shape` in the dtype."""
     for value, word, half in ((jnp.bfloat16, jnp.uint32, jnp.uint16), (jnp.float16, jnp.int32, jnp.int16)):
-        assert kv_cache_spec(10, 16, 3, 64, value, backend="reference") == jax.ShapeDtypeStruct(
+        assert kv_cache_spec(10, 16, 3, 64, value, backend="xla") == jax.ShapeDtypeStruct(
             (10, 2, 3, 16 * 32), word)
-        assert kv_cache_spec(10, 16, 3, 5, value, backend="reference") == jax.ShapeDtypeStruct(
+        assert kv_cache_spec(10, 16, 3, 5, value, backend="xla") == jax.ShapeDtypeStruct(
             (10, 2, 3, 16 * 5), half)
         assert kv_cache_value_dtype(jnp.dtype(word)) == kv_cache_value_dtype(jnp.dtype(half)) == value
         for backend in ("gpu", "tpu"):
             shape = kv_cache_shape(10, 16, 3, 64, backend=backend)
             assert kv_cache_spec(10, 16, 3, 64, value, backend=backend) == jax.ShapeDtypeStruct(shape, value)
-    assert kv_cache_spec(10, 16, 3, 64, jnp.float32, backend="reference") == jax.ShapeDtypeStruct(
+    assert kv_cache_spec(10, 16, 3, 64, jnp.float32, backend="xla") == jax.ShapeDtypeStruct(
         (10, 2, 3, 16 * 64), jnp.float32)
     assert kv_cache_value_dtype(jnp.dtype(jnp.float32)) == jnp.float32
 
@@ -126,17 +105,17 @@ def test_reference_storage_layout():
 @pytest.mark.parametrize(("value", "head_dim"), [
     (jnp.bfloat16, 6), (jnp.float16, 6), (jnp.bfloat16, 5), (jnp.float32, 6),
 ])
-def test_reference_storage_keeps_every_bit_where_it_says(value, head_dim):
+def test_xla_cache_keeps_every_bit_where_it_says(value, head_dim):
     """`store_kv_cache` is a bit-for-bit rearrangement (NaN payloads included) that `load_kv_cache` undoes,
-    and K/V of (page, slot, head) land where the reference layout puts them."""
+    and K/V of (page, slot, head) land where the XLA layout puts them."""
     num_pages, page_size, num_kv_heads = 3, 4, 2
     shape = (num_pages, page_size, 2 * num_kv_heads, head_dim)
     bits = np.random.default_rng(0).integers(0, 2**16, shape, dtype=np.uint16)
     values = jnp.asarray(bits).view(value) if jnp.dtype(value).itemsize == 2 else jnp.asarray(bits, value)
-    stored = store_kv_cache(values, head_dim, backend="reference")
-    spec = kv_cache_spec(num_pages, page_size, num_kv_heads, head_dim, value, backend="reference")
+    stored = store_kv_cache(values, head_dim, backend="xla")
+    spec = kv_cache_spec(num_pages, page_size, num_kv_heads, head_dim, value, backend="xla")
     assert (stored.shape, stored.dtype) == (spec.shape, spec.dtype)
-    loaded = load_kv_cache(stored, head_dim, backend="reference")
+    loaded = load_kv_cache(stored, head_dim, backend="xla")
     np.testing.assert_array_equal(np.asarray(loaded).view(np.uint8), np.asarray(values).view(np.uint8))
     per_element = stored.dtype.itemsize // values.dtype.itemsize
     memory = np.asarray(stored).view(np.asarray(values).dtype).reshape(num_pages, 2, num_kv_heads, -1)
@@ -149,34 +128,35 @@ def test_reference_storage_keeps_every_bit_where_it_says(value, head_dim):
 
 
 def test_kv_cache_shape_pads_head_dim_only_for_tpu():
-    assert kv_cache_shape(10, 16, 3, 64, backend="reference") == (10, 16, 6, 64)
+    assert kv_cache_shape(10, 16, 3, 64, backend="xla") == (10, 16, 6, 64)
     assert kv_cache_shape(10, 16, 3, 64, backend="gpu") == (10, 16, 6, 64)
     assert kv_cache_shape(10, 64, 8, 64, backend="tpu") == (10, 64, 16, 128)
     assert kv_cache_shape(10, 64, 8, 256, backend="tpu") == (10, 64, 16, 256)
     with pytest.raises(KernelInputError):
-        kv_cache_shape(0, 16, 3, 64, backend="reference")
+        kv_cache_shape(0, 16, 3, 64, backend="xla")
 
 
-def test_batch_composition_never_recompiles(compile_count):
+def test_batch_composition_never_recompiles():
     """After one call (and the test's own cache conversions) no composition compiles anything."""
-    reference.ragged_paged_attention.clear_cache()
+    xla.ragged_paged_attention.clear_cache()
+    start = compilation_count()
     first = make_case(COMPOSITIONS[0])
-    _assert_matches_oracle(first, *ragged_paged_attention(*first.args_for("reference"), **first.kwargs(),
-                                                          backend="reference"))
-    warm = compile_count()
-    assert warm >= 1
+    out, cache = ragged_paged_attention(*first.args_for("xla"), **first.kwargs(), backend="xla")
+    assert_matches_oracle(first, out, cache, "xla")
+    warm = compilation_count()
+    assert warm > start
     for spec in COMPOSITIONS[1:]:
         case = make_case(spec)
-        out, cache = ragged_paged_attention(*case.args_for("reference"), **case.kwargs(), backend="reference")
-        _assert_matches_oracle(case, out, cache)
-    assert compile_count() == warm
+        out, cache = ragged_paged_attention(*case.args_for("xla"), **case.kwargs(), backend="xla")
+        assert_matches_oracle(case, out, cache, "xla")
+    assert compilation_count() == warm
 
 
 def test_outer_jit_with_donated_cache():
     case = make_case(COMPOSITIONS[2])
-    attention = functools.partial(ragged_paged_attention, **case.kwargs(), backend="reference")
+    attention = functools.partial(ragged_paged_attention, **case.kwargs(), backend="xla")
     step = jax.jit(attention, donate_argnums=3)
-    args = case.args_for("reference")
+    args = case.args_for("xla")
     out, cache = step(*args)
-    _assert_matches_oracle(case, out, cache)
+    assert_matches_oracle(case, out, cache, "xla")
     assert args[3].is_deleted()

@@ -1,13 +1,13 @@
 """Parity of the GPU (Pallas/Triton) backend against the independent numpy dense oracle.
 
 Runs the kernels in Pallas interpret mode on CPU by default; `TPUSERVE_KERNEL_INTERPRET=0` runs them
-natively and then needs a GPU. Tolerances (atol = rtol): float32 1e-5, bfloat16 2e-2 (P is rounded to
-bf16 before the PV matmul and the output is bf16). The written cache must match the oracle exactly.
+natively and then needs a GPU. Tolerances (atol = rtol, `cases.ORACLE_TOLERANCE["gpu"]`): float32 1e-5,
+bfloat16 2e-2 (P is rounded to bf16 before the PV matmul and the output is bf16). The written cache must
+match the oracle exactly.
 
 Cases: the shared ragged batches and random ragged batches (padded to one bucket, so they share a
 compile), plus one variant per feature (GQA 1/3/8, head_dim 128, page 64, sliding window, soft cap,
-bf16) run through both kernels, instead of a full cross product: interpret mode compiles every shape
-afresh. The decode kernel only gets decode-only batches, as the engine promises.
+bf16), instead of a full cross product: interpret mode compiles every shape afresh.
 """
 
 import dataclasses
@@ -18,16 +18,22 @@ import jax
 import numpy as np
 import pytest
 
-from tests.kernels.cases import STANDARD, CaseSpec, RaggedCase, make_case, random_spec
-from tests.kernels.dense_oracle import dense_attention
+from tests.kernels.cases import (
+    STANDARD,
+    CaseSpec,
+    RaggedCase,
+    assert_matches_oracle,
+    make_case,
+    random_spec,
+)
 from tpuserve.kernels.ragged_paged_attention import gpu
 from tpuserve.kernels.ragged_paged_attention import ragged_paged_attention as api_ragged_paged_attention
+from tpuserve.serving.worker.compilation import compilation_count
 
 INTERPRET = os.environ.get("TPUSERVE_KERNEL_INTERPRET", "1") != "0"
 pytestmark = pytest.mark.skipif(
     not INTERPRET and jax.default_backend() != "gpu", reason="native GPU kernels need a GPU"
 )
-TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 
 # Cases padded to one bucket (T, S, pages_per_seq, num_pages) share a compile; feature variants change
 # head counts or dims and compile on their own.
@@ -70,11 +76,6 @@ MIXED_KERNEL_CASES = [
     dataclasses.replace(WINDOW_EDGE, name="window_tile_edge_chunk", new=(1, 5)),
     CaseSpec("long_prefill_gqa1", cached=(20, 0), new=(70, 5), num_heads=2, num_kv_heads=2, pad_tokens=2),
 ]
-DECODE_KERNEL_CASES = [
-    *(_bucketed(spec) for spec in (DECODE, DECODE_PADDED)),
-    WINDOW_EDGE,
-    *(_variant(DECODE, name) for name in VARIANTS),
-]
 
 
 def _donatable_args(case: RaggedCase) -> list[np.ndarray]:
@@ -84,60 +85,41 @@ def _donatable_args(case: RaggedCase) -> list[np.ndarray]:
     return args
 
 
-def _run(case: RaggedCase, *, decode_only: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel output and written cache as float32 numpy."""
-    out, cache = gpu.ragged_paged_attention(
-        *_donatable_args(case), **case.kwargs(), interpret=INTERPRET, decode_only=decode_only
-    )
-    return np.asarray(out, np.float32), np.asarray(cache, np.float32)
-
-
-def _assert_parity(case: RaggedCase, out: np.ndarray, cache: np.ndarray) -> None:
-    want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
-    tol = TOLERANCE[case.spec.dtype]
-    np.testing.assert_allclose(out, want_out, rtol=tol, atol=tol)
-    np.testing.assert_array_equal(cache, want_cache.astype(np.float32))
+def _run(case: RaggedCase) -> tuple[jax.Array, jax.Array]:
+    """Kernel output and written cache."""
+    return gpu.ragged_paged_attention(*_donatable_args(case), **case.kwargs(), interpret=INTERPRET)
 
 
 @pytest.mark.parametrize("spec", MIXED_KERNEL_CASES, ids=lambda spec: spec.name)
 def test_mixed_kernel_matches_dense_oracle(spec: CaseSpec):
     case = make_case(spec)
-    _assert_parity(case, *_run(case, decode_only=False))
+    assert_matches_oracle(case, *_run(case), "gpu")
 
 
-@pytest.mark.parametrize("spec", DECODE_KERNEL_CASES, ids=lambda spec: spec.name)
-def test_decode_kernel_matches_dense_oracle(spec: CaseSpec):
-    case = make_case(spec)
-    _assert_parity(case, *_run(case, decode_only=True))
-
-
-@pytest.mark.parametrize("decode_only", [False, True])
-def test_batch_composition_changes_do_not_recompile(decode_only: bool):
+def test_batch_composition_changes_do_not_recompile():
     """Fewer live sequences (num_seqs) with the same shapes reuse the compiled step and pad correctly."""
     case = make_case(_bucketed(DECODE_PADDED))
-    _run(case, decode_only=decode_only)
-    compiled = gpu.ragged_paged_attention._cache_size()
+    _run(case)
     fewer = dataclasses.replace(case, num_seqs=np.array([2], np.int32))
-    _assert_parity(fewer, *_run(fewer, decode_only=decode_only))
-    assert gpu.ragged_paged_attention._cache_size() == compiled
+    before = compilation_count()
+    out, cache = _run(fewer)
+    assert compilation_count() == before
+    assert_matches_oracle(fewer, out, cache, "gpu")
 
 
 def test_api_dispatches_to_gpu_backend():
     case = make_case(_bucketed(_STANDARD["padded"]), seed=7)
-    want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
     out, cache = api_ragged_paged_attention(
         *_donatable_args(case), **case.kwargs(), backend="gpu", interpret=INTERPRET
     )
-    np.testing.assert_allclose(np.asarray(out), want_out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(cache), want_cache)
+    assert_matches_oracle(case, out, cache, "gpu")
 
 
 @pytest.mark.parametrize("variant", ["gqa3_page64_window_softcap", "bf16", "gqa8"])
-@pytest.mark.parametrize("decode_only", [False, True])
-def test_kernels_lower_to_triton(variant: str, decode_only: bool):
+def test_kernel_lowers_to_triton(variant: str):
     """Lowering for CUDA on any host runs the Pallas->Triton lowering, which enforces its tiling rules."""
     case = make_case(_variant(DECODE, variant))
-    step = functools.partial(gpu.ragged_paged_attention, **case.kwargs(), decode_only=decode_only)
+    step = functools.partial(gpu.ragged_paged_attention, **case.kwargs())
     lowered = jax.jit(step).trace(*case.args()).lower(lowering_platforms=("cuda",))
     assert "triton" in lowered.as_text()
 
@@ -145,4 +127,4 @@ def test_kernels_lower_to_triton(variant: str, decode_only: bool):
 def test_untileable_head_dim_is_rejected():
     case = make_case(dataclasses.replace(DECODE, head_dim=48))
     with pytest.raises(gpu.UnsupportedShapeError, match="head_dim"):
-        _run(case, decode_only=True)
+        _run(case)

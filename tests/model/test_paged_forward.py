@@ -1,4 +1,4 @@
-"""The paged forward (ragged batch, KV pages, reference kernel) must reproduce the dense forward."""
+"""The paged forward (ragged batch, KV pages, XLA kernel) must reproduce the dense forward."""
 
 from __future__ import annotations
 
@@ -110,3 +110,19 @@ def test_forward_with_rope_tables_computes_no_cos_or_sin() -> None:
     assert "cosine(" in hlo(None) and "sine(" in hlo(None)
     with_tables = hlo(model.rope_tables(16))
     assert "cosine(" not in with_tables and "sine(" not in with_tables
+
+
+def test_forward_threads_each_layers_cache_through_the_core() -> None:
+    """Each layer's core gets that layer's cache and what it returns is that layer's new cache, in order."""
+    model = Transformer(tiny_config(), rngs=nnx.Rngs(0))
+    seen = []
+
+    def core(q: jax.Array, k: jax.Array, v: jax.Array, kv_cache: jax.Array, spec: object) -> tuple:
+        seen.append(int(kv_cache[0]))
+        return jnp.zeros_like(q), kv_cache + 10
+
+    tokens = positions = jnp.arange(3, dtype=jnp.int32)
+    hidden, caches = model.forward(tokens, positions, [jnp.asarray([1]), jnp.asarray([2])], core)
+    assert hidden.shape == (3, model.config.hidden_size)
+    assert seen == [1, 2]
+    assert [int(cache[0]) for cache in caches] == [11, 12]

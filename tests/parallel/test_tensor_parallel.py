@@ -81,7 +81,7 @@ def check_layout(name: str, tp: int, report: dict[str, Any]) -> None:
         if suffix in ("embedder.embedding", "lm_head.kernel"):
             assert layout["shape"][axis] == padded_vocab
     cache = report["kv_cache"]
-    # Axis 2 holds the KV heads in every backend's layout: 2 * Hkv K/V slots (Pallas), Hkv blocks (reference).
+    # Axis 2 holds the KV heads in every backend's layout: 2 * Hkv K/V slots (Pallas), Hkv blocks (XLA).
     head_slots = kv_cache_spec(1, 16, kv_held, head_dim, np.float32, backend="auto").shape[2]
     assert cache["shape"][2] == head_slots and cache["num_devices"] == tp
     if tp > 1:

@@ -91,7 +91,7 @@ def test_abort_while_its_token_is_in_flight(loaded) -> None:
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     alone = llm.generate([story], params, use_tqdm=False)[0].outputs[0].token_ids
     engine.add_request("kept", story, params)
-    aborted = engine.add_request("aborted", story[:-3], params).sequences[0].request
+    aborted = engine.add_request("aborted", story[:-3], params).children[0]
     outputs = {}
     for _ in range(4):
         outputs.update((o.request_id, o) for o in engine.step())

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 from tpuserve.serving.config import EngineConfig
+from tpuserve.serving.core.request import Request
 from tpuserve.serving.core.scheduler import ScheduledChunk, SchedulerOutput
-from tpuserve.serving.engine.request import Request
 from tpuserve.serving.sampling_params import SamplingParams
 from tpuserve.serving.worker.input_batch import prepare_step
 from tpuserve.serving.worker.programs import StepInputs, split_step_buffer

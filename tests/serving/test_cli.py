@@ -13,8 +13,8 @@ import pytest
 from tests.model.tiny_checkpoint import CONFIG, hf_param_count, write_tiny_checkpoint
 from tpuserve.model import CheckpointKind, resolve_checkpoint
 from tpuserve.model.info import model_info
+from tpuserve.serving.args import EngineArgs
 from tpuserve.serving.cli.main import build_parser, main
-from tpuserve.serving.cli.serve import _make_llm
 
 TPUSERVE = Path(sys.executable).parent / "tpuserve"
 
@@ -83,11 +83,16 @@ def test_info_on_a_missing_path_prints_one_line_without_traceback(tmp_path: Path
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_serve_engine_flags_reach_the_engine() -> None:
-    """The engine flags, `--num-pages` (vLLM's `--num-gpu-blocks-override`) among them, become `LLM`'s
-    arguments; `LLM` sizes the pool by `num_pages` when given, by `kv_cache_memory` otherwise."""
-    args = build_parser().parse_args(["serve", "--num-pages", "17", "--kv-cache-memory", "1G", "--page-size",
-                                      "32", "--min-token-bucket", "4"])
-    engine = _make_llm(args).keywords
-    assert (engine["num_pages"], engine["kv_cache_memory"]) == (17, 1 << 30)
-    assert (engine["page_size"], engine["min_token_bucket"]) == (32, 4)
+def test_serve_and_bench_offline_take_the_same_engine_flags() -> None:
+    """Both commands' engine flags, `--num-pages` (vLLM's `--num-gpu-blocks-override`) among them, are
+    `EngineArgs` fields, parsed alike."""
+    flags = ["--num-pages", "17", "--kv-cache-memory", "1G", "--page-size", "32", "--min-token-bucket", "4",
+             "--no-enable-prefix-caching", "--async-scheduling", "--dtype", "bfloat16"]
+    parsed = [EngineArgs.from_cli_args(build_parser().parse_args([*command, *flags]))
+              for command in (["serve"], ["bench", "offline"])]
+    assert parsed[0] == parsed[1]
+    engine = parsed[0]
+    assert (engine.num_pages, engine.kv_cache_memory) == (17, 1 << 30)
+    assert (engine.page_size, engine.min_token_bucket, engine.dtype) == (32, 4, "bfloat16")
+    assert (engine.enable_prefix_caching, engine.async_scheduling) == (False, True)
+    assert EngineArgs.from_cli_args(build_parser().parse_args(["serve"])) == EngineArgs()

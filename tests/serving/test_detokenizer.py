@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from tpuserve.serving.engine.detokenizer import IncrementalDetokenizer, raw_decoder
-from tpuserve.serving.engine import detokenizer
+from tpuserve.serving.text import detokenizer
+from tpuserve.serving.text.detokenizer import IncrementalDetokenizer, raw_decoder
 
 # Characters that byte-level BPE splits across tokens (emoji, modifiers, flags, CJK) next to plain ones.
 MIXED_ALPHABET = "ab xyZ.!\n" + "éßПрЖλ" + "世界日本語テキスト한국어" + "🎉👋🏽🇯🇵🙂💡"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from tests.serving.sampling_cases import EOS, NUM_SLOTS, draw_samples, run_batch
-from tpuserve.serving.sample.logprobs import MAX_TOP_LOGPROBS, prompt_logprobs
+from tpuserve.serving.sample.logprobs import prompt_logprobs
 from tpuserve.serving.sample.metadata import SamplingMetadata, pack, unpack
 from tpuserve.serving.sample.sampler import sample
 from tpuserve.serving.sample.state import SamplerState, admit
-from tpuserve.serving.sampling_params import SamplingParams, SamplingParamsError
+from tpuserve.serving.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
 
 VOCAB = 64
 MIXED = [
@@ -143,8 +143,8 @@ def test_logprobs_are_raw_log_softmax_with_sorted_top_alternatives() -> None:
     np.testing.assert_allclose(out.logprobs.logprob, chosen, atol=1e-5)
     np.testing.assert_array_equal(out.logprobs.rank, (expected >= chosen[:, None]).sum(-1))
     top_ids = np.asarray(out.logprobs.top_ids)
-    assert top_ids.shape == (8, MAX_TOP_LOGPROBS)
-    np.testing.assert_array_equal(top_ids, np.argsort(-expected, -1)[:, :MAX_TOP_LOGPROBS])
+    assert top_ids.shape == (8, MAX_LOGPROBS)
+    np.testing.assert_array_equal(top_ids, np.argsort(-expected, -1)[:, :MAX_LOGPROBS])
     np.testing.assert_allclose(
         out.logprobs.top_logprobs, np.take_along_axis(expected, top_ids, -1), atol=1e-5
     )
@@ -156,7 +156,7 @@ def test_prompt_logprobs_score_each_next_token() -> None:
     out = prompt_logprobs(logits, next_ids)
     expected = log_softmax(logits)
     np.testing.assert_allclose(out.logprob, expected[np.arange(12), next_ids], atol=1e-5)
-    np.testing.assert_array_equal(out.top_ids, np.argsort(-expected, -1)[:, :MAX_TOP_LOGPROBS])
+    np.testing.assert_array_equal(out.top_ids, np.argsort(-expected, -1)[:, :MAX_LOGPROBS])
 
 
 def test_sampled_tokens_are_counted_only_in_recorded_slots() -> None:

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from tpuserve.serving.sample.metadata import ENGINE_STREAM, SEEDED_STREAM, SamplingMetadata
-from tpuserve.serving.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParams, SamplingParamsError
+from tpuserve.serving.sampling_params import MAX_LOGPROBS, SamplingParams, SamplingParamsError
 
 
 def test_defaults_match_vllm() -> None:
@@ -49,7 +49,7 @@ def test_normalisation() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"min_tokens": -1}, "min_tokens"),
         ({"min_tokens": 20, "max_tokens": 10}, "min_tokens"),
-        ({"logprobs": DEFAULT_MAX_LOGPROBS + 1}, "logprobs"),
+        ({"logprobs": MAX_LOGPROBS + 1}, "logprobs"),
         ({"logprobs": -1}, "logprobs"),
         ({"prompt_logprobs": 21}, "prompt_logprobs"),
         ({"seed": "abc"}, "seed"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tpuserve.serving.config import EngineConfig
 from tpuserve.serving.core.page_allocator import PageAllocator
+from tpuserve.serving.core.request import Request, RequestStatus
 from tpuserve.serving.core.scheduler import Scheduler
-from tpuserve.serving.engine.request import Request, RequestStatus
 from tpuserve.serving.sampling_params import SamplingParams
 
 
@@ -94,9 +94,10 @@ def test_finish_releases_pages_wherever_the_request_is() -> None:
     scheduler.add(running)
     commit(scheduler.schedule())
     scheduler.add(waiting)
-    scheduler.finish(running)
-    scheduler.finish(waiting)
+    scheduler.finish(running, RequestStatus.FINISHED_STOPPED)
+    scheduler.finish(waiting, RequestStatus.FINISHED_ABORTED)
     assert not scheduler.has_work
+    assert (running.finish_reason, waiting.finish_reason) == ("stop", "abort")
     assert allocator.num_free_pages == allocator.num_pages - 1
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tpuserve.serving.engine.stop_strings import InvalidStopStringError, StopStringMatcher
+from tpuserve.serving.text.stop_strings import InvalidStopStringError, StopStringMatcher
 
 ALPHABET = "ab c"
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from tests.parallel.workers.tp_run import ENGINE
 from tpuserve.serving import LLM, SamplingParams
+from tpuserve.serving.args import EngineArgs, build_engine
 from tpuserve.serving.engine.data_parallel import DataParallelEngine
 
 NUM_REQUESTS = 6
@@ -42,13 +43,15 @@ def main() -> None:
     checkpoint, out = sys.argv[1], Path(sys.argv[2])
     rng = np.random.default_rng(11)
     prompts = [rng.integers(3, 90, int(n)).tolist() for n in rng.integers(2, 30, NUM_REQUESTS)]
-    front = DataParallelEngine(functools.partial(LLM, checkpoint, "float32", **ENGINE), 2, 2)
+    engine_args = EngineArgs(checkpoint, "float32", tensor_parallel_size=2, **ENGINE)
+    front = DataParallelEngine(functools.partial(build_engine, engine_args, use_tqdm=False), 2, 2)
     try:
         tokens, peak = asyncio.run(serve_all(front, prompts))
     finally:
         front.shutdown()
-    replica_devices = [sorted(d.id for d in llm.engine.runner.mesh.devices.flat) for llm in front.llms]
-    single = LLM(checkpoint, "float32", **ENGINE)
+    replica_devices = [sorted(d.id for d in replica.engine.runner.mesh.devices.flat)
+                       for replica in front.replicas]
+    single = LLM(checkpoint, "float32", use_tqdm=False, **ENGINE)
     expected = [single.generate([p], PARAMS, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
     report: dict[str, Any] = {"tokens": tokens, "expected": expected, "peak_in_flight": peak,
                               "replica_devices": replica_devices}

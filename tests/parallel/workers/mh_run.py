@@ -40,12 +40,12 @@ async def serve(front: AsyncEngine) -> list[list[int]]:
 def main() -> None:
     role, checkpoint, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     if role == "single":
-        llm = LLM(checkpoint, "float32", **ENGINE)
+        llm = LLM(checkpoint, "float32", use_tqdm=False, **ENGINE)
         tokens = [o.outputs[0].token_ids for o in llm.generate(prompts(), PARAMS, use_tqdm=False)]
         out.write_text(json.dumps({"tokens": tokens}))
         return
     initialize(sys.argv[4], num_processes=2, process_id=ROLES[role])
-    llm = LLM(checkpoint, "float32", tensor_parallel_size=len(jax.devices()), **ENGINE)
+    llm = LLM(checkpoint, "float32", tensor_parallel_size=len(jax.devices()), use_tqdm=False, **ENGINE)
     report = {"devices": len(jax.devices()), "local_devices": len(jax.local_devices())}
     if role == "follower":
         follow(llm.engine)

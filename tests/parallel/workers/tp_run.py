@@ -27,7 +27,7 @@ from tpuserve.serving.worker.compilation import compilation_count
 
 # One token bucket: these tests are about splitting, and every bucket is compiled once per mesh.
 ENGINE = {"max_model_len": 128, "max_num_seqs": 8, "max_num_batched_tokens": 16, "page_size": 16,
-          "num_pages": 48, "use_tqdm": False, "min_token_bucket": 16}
+          "num_pages": 48, "min_token_bucket": 16}
 PROMPT_LENS = (3, 17, 29)
 MAX_TOKENS = 6
 
@@ -55,7 +55,7 @@ def run(checkpoint: str, tp: int, prompts: list[list[int]],
     params = {".".join(map(str, path)): layout(var.get_value())
               for path, var in nnx.to_flat_state(nnx.state(loaded.model))}
     logits = np.asarray(dense_logits(loaded.model, jnp.asarray(dense_ids)))[..., :vocab]
-    llm = LLM(loaded, tensor_parallel_size=tp, **ENGINE)
+    llm = LLM(loaded, tensor_parallel_size=tp, use_tqdm=False, **ENGINE)
     before = compilation_count()
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=3),
                            use_tqdm=False)

@@ -1,8 +1,9 @@
-"""Parity of the pure-JAX reference backend against the independent numpy dense oracle.
+"""Parity of the XLA backend (pure JAX, the CPU production path) against the independent numpy dense oracle.
 
-Tolerances: float32 outputs within atol = rtol = 1e-5 of the float64 oracle (only summation order differs);
-bfloat16 and float16 outputs within atol = rtol = 1e-2 (one bf16 rounding of the output, ~4e-3 relative, plus
-float32 accumulation). The cache after the write must match the oracle's expected cache bit for bit.
+Tolerances (`cases.ORACLE_TOLERANCE["xla"]`): float32 outputs within atol = rtol = 1e-5 of the float64 oracle
+(only summation order differs); bfloat16 and float16 outputs within atol = rtol = 1e-2 (one bf16 rounding of
+the output, ~4e-3 relative, plus float32 accumulation). The cache after the write must match the oracle's
+expected cache bit for bit.
 """
 
 import dataclasses
@@ -10,11 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.kernels.cases import STANDARD, CaseSpec, make_case, random_spec
-from tests.kernels.dense_oracle import dense_attention
-from tpuserve.kernels.ragged_paged_attention import reference
-
-TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
+from tests.kernels.cases import STANDARD, CaseSpec, assert_matches_oracle, make_case, random_spec
+from tpuserve.kernels.ragged_paged_attention import xla
 
 # Cases padded to one bucket share a compile: compiles, not math, dominate this file's run time.
 BUCKET = (256, 8, 16, 96)
@@ -54,30 +52,27 @@ def _touched_pages(case) -> set[int]:
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda spec: spec.name)
 def run(request):
-    """(case, oracle out, oracle cache, backend out, backend cache) for one variant, shared by the tests."""
+    """(case, backend out, backend cache) for one variant, shared by the tests."""
     case = make_case(request.param)
-    want_out, want_cache = dense_attention(*case.args(), **case.kwargs())
-    got_out, got_cache = reference.ragged_paged_attention(*case.args_for("reference"), **case.kwargs())
-    return case, want_out, want_cache, np.asarray(got_out), case.cache_values(got_cache, "reference")
+    got_out, got_cache = xla.ragged_paged_attention(*case.args_for("xla"), **case.kwargs())
+    return case, np.asarray(got_out), got_cache
 
 
-def test_output_matches_dense_oracle(run):
-    case, want_out, _, got_out, _ = run
-    tol = TOLERANCE[case.spec.dtype]
-    assert got_out.dtype == case.q.dtype
-    np.testing.assert_allclose(got_out.astype(np.float64), want_out, rtol=tol, atol=tol)
+def test_matches_dense_oracle(run):
+    """Output within tolerance, cache bit for bit (`assert_matches_oracle`)."""
+    case, got_out, got_cache = run
+    assert_matches_oracle(case, got_out, got_cache, "xla")
 
 
 def test_padding_rows_are_zero(run):
-    case, _, _, got_out, _ = run
+    case, got_out, _ = run
     real_rows = int(case.cu_q_lens[int(case.num_seqs[0])])
     assert not np.any(got_out[real_rows:].astype(np.float32))
 
 
-def test_cache_write_is_bitwise_and_local(run):
-    case, _, want_cache, _, got_cache = run
-    assert got_cache.dtype == case.kv_cache.dtype
-    np.testing.assert_array_equal(got_cache.view(np.uint8), want_cache.view(np.uint8))
+def test_cache_write_is_local(run):
+    case, _, got_cache = run
+    got_cache = case.cache_values(got_cache, "xla")
     untouched = sorted(set(range(case.kv_cache.shape[0])) - _touched_pages(case))
     assert 0 in untouched
     before = case.kv_cache[untouched].view(np.uint8)
@@ -87,10 +82,10 @@ def test_cache_write_is_bitwise_and_local(run):
 def test_write_lands_in_expected_slot():
     """The last decode token's K/V sit at `page_indices[s, p // page_size]`, slot `p % page_size`."""
     case = make_case(_bucketed(STANDARD[0]))
-    _, got_cache = reference.ragged_paged_attention(*case.args_for("reference"), **case.kwargs())
+    _, got_cache = xla.ragged_paged_attention(*case.args_for("xla"), **case.kwargs())
     s, row = 2, int(case.cu_q_lens[3]) - 1
     pos = int(case.kv_lens[s]) - 1
     page, slot = int(case.page_indices[s, pos // case.spec.page_size]), pos % case.spec.page_size
-    kv = case.cache_values(got_cache, "reference")[page, slot]
+    kv = case.cache_values(got_cache, "xla")[page, slot]
     np.testing.assert_array_equal(kv[0::2], case.k[row])
     np.testing.assert_array_equal(kv[1::2], case.v[row])

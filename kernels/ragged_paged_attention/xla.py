@@ -1,4 +1,4 @@
-"""Pure-JAX ragged paged attention: the CPU production path and the executable reference for Pallas backends.
+"""XLA backend of ragged paged attention: pure JAX, tuned for XLA:CPU, the CPU production path.
 
 Shape of the computation (all batch composition stays in device arrays, so one compile serves every batch):
   1. One scatter writes the step's K/V into the paged cache; padding rows aim past the cache and are dropped.
@@ -6,7 +6,7 @@ Shape of the computation (all batch composition stays in device arrays, so one c
      rows share the same pages and each KV block is gathered once per item, not once per token. Decode rows
      (q_len == 1) and prefill rows use different `block_q`, so decode wastes no compute on padded rows.
   3. Items run in groups; per group an online-softmax (flash-style) loop walks the items' pages (one page
-     per iteration for decode items, two for prefill ones): the cache's own layout (`storage`) makes a
+     per iteration for decode items, two for prefill ones): the cache's own layout (`xla_layout`) makes a
      gathered page the dots' operands as it is, so pages of ~64 tokens suit this backend (`EngineConfig`
      picks 64 on CPU; measured choices: docs/performance.md, "Kernels"). Both loops have dynamic
      trip counts (real items, the group's longest causal/window range), so work scales with the batch's
@@ -22,12 +22,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from tpuserve.kernels.ragged_paged_attention.layout import SEARCH_METHOD, cache_slots, token_positions
-from tpuserve.kernels.ragged_paged_attention.storage import (
+from tpuserve.kernels.ragged_paged_attention.xla_layout import (
     kv_cache_value_dtype,
     pack_rows,
     page_kv,
-    reference_page_size,
     row_offsets,
+    xla_page_size,
 )
 
 # Finite, so a block in which a row sees nothing yields weights that the next real block rescales to zero.
@@ -68,7 +68,7 @@ def write_kv(
     past the cache and are dropped)."""
     num_pages = kv_cache.shape[0]
     head_dim = k.shape[-1]
-    page_size = reference_page_size(kv_cache, head_dim)
+    page_size = xla_page_size(kv_cache, head_dim)
     seq_ids, positions, valid = token_positions(cu_q_lens, kv_lens, num_seqs, k.shape[0])
     slots = cache_slots(seq_ids, positions, valid, page_indices, page_size, num_pages)
     rows = pack_rows(jnp.stack([k, v], axis=1), kv_cache.dtype)  # [T, 2, Hkv, E]
@@ -99,9 +99,9 @@ def _make_items(
 def _dot_dtype(q: jax.Array, kv_cache: jax.Array, spec: _Pass) -> jnp.dtype:
     """Operand dtype of a pass's two dots, which accumulate in float32 either way.
 
-    Prefill takes 16-bit queries and K/V as they are, with P rounded to V's dtype, as the Pallas kernels do:
-    XLA:CPU's bfloat16 batched dots of prefill tiles run 1.6x the float32 rate (12 x 96x64 @ 64x128: 148 vs
-    254 us). Decode tiles (a few rows each) are faster in float32 (96 vs 118 us in bfloat16).
+    Prefill takes 16-bit queries and K/V as they are, with P rounded to V's dtype, as the Pallas kernels do,
+    because XLA:CPU's bfloat16 batched dots of prefill tiles outrun float32 ones; decode tiles (a few rows
+    each) are faster in float32 (docs/performance.md, "Design decisions").
     """
     value_dtype = kv_cache_value_dtype(kv_cache.dtype)
     if not spec.decode and value_dtype.itemsize == 2 and q.dtype == value_dtype:
@@ -114,8 +114,8 @@ def _gather_page(
     dtype: jnp.dtype,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """K `[G, Hkv, D, page_size]`, V `[G, Hkv, page_size, D]` (in DTYPE) and positions of the `column[g]`-th
-    page of `seq[g]`: one gather, no transposes (the storage layout holds K position-minor)."""
-    page_size = reference_page_size(kv_cache, head_dim)
+    page of `seq[g]`: one gather, no transposes (the `xla_layout` holds K position-minor)."""
+    page_size = xla_page_size(kv_cache, head_dim)
     pages = page_indices[seq, jnp.clip(column, 0, page_indices.shape[1] - 1)]
     k, v = page_kv(kv_cache[pages], head_dim)
     positions = column[:, None] * page_size + jnp.arange(page_size)
@@ -133,7 +133,7 @@ def _attend_group(
     """Flash-style attention of one group of items; returns (out `[G, block_q, Hq, D]`, destination rows)."""
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[2]
-    page_size = reference_page_size(kv_cache, head_dim)
+    page_size = xla_page_size(kv_cache, head_dim)
     kv_block = spec.pages * page_size
     offsets = jnp.arange(spec.block_q)
     q_rows = items.row[:, None] + offsets
@@ -212,7 +212,7 @@ def ragged_paged_attention(
     page_indices: jax.Array, cu_q_lens: jax.Array, num_seqs: jax.Array, *, sm_scale: float,
     sliding_window: int | None = None, soft_cap: float | None = None, interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """Reference backend of the contract in `api.ragged_paged_attention` (`interpret` has no meaning here)."""
+    """XLA backend of the contract in `api.ragged_paged_attention` (`interpret` has no meaning here)."""
     del interpret
     kv_cache = write_kv(kv_cache, k, v, kv_lens, page_indices, cu_q_lens, num_seqs)
     out = jnp.zeros(q.shape, q.dtype)

@@ -1,16 +1,16 @@
-"""How the reference (CPU) backend stores one layer's KV cache: pages of head blocks, 16-bit floats in words.
+"""How the XLA (CPU) backend stores one layer's KV cache: pages of head blocks, 16-bit floats in words.
 
 Shape `[num_pages, 2, Hkv, page_size * E]`: axis 1 is K (0) or V (1); E is the number of elements of one
 head's row, D values or D / 2 words. Within a page, head h's V block is row-major `[page_size, E]` and its K
 block is position-minor `[E, page_size]`, so one gathered page IS the operands of the two attention dots
 (`q @ K` wants K as `[D, positions]`, `p @ V` wants V as `[positions, D]`): no transpose per step. In the
 Pallas layout (`kv_cache_shape`) the page gather was followed by copies that reordered every K/V value
-(XLA:CPU copies element by element); without them a 64-row decode layer ran ~30% faster.
+(XLA:CPU copies element by element), which this layout does without (docs/performance.md, "Kernels").
 
 16-bit floats are stored as integers, because XLA:CPU runs every in-place update of a 16-bit float buffer by
-converting the WHOLE buffer to float32 and back (45 ms for one 64-row scatter into a 71 MB layer cache; 0.01
-ms on integers), and two per 32-bit word (along D, for K as for V), because the gather copies element by
-element: half the elements, a faster gather. The integer types are distinct per float type, so a cache
+converting the WHOLE buffer to float32 and back (integers are updated in place), and two per 32-bit word
+(along D, for K as for V), because the gather copies element by element: half the elements, a faster
+gather. The integer types are distinct per float type, so a cache
 array's dtype says which floats it holds. An odd D keeps one value per 16-bit integer.
 """
 
@@ -33,24 +33,24 @@ def values_per_element(storage_dtype: jnp.dtype) -> int:
 
 
 def storage_dtype(value_dtype: jnp.dtype, head_dim: int) -> jnp.dtype:
-    """The element type the reference backend stores `value_dtype` values of a `head_dim` row in."""
+    """The element type the XLA backend stores `value_dtype` values of a `head_dim` row in."""
     value_dtype = jnp.dtype(value_dtype)
     if value_dtype not in _WORDS:
         return value_dtype
     return _HALVES[value_dtype] if head_dim % 2 else _WORDS[value_dtype]
 
 
-def reference_cache_spec(
+def xla_cache_spec(
     num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, dtype: jnp.dtype
 ) -> jax.ShapeDtypeStruct:
-    """Shape and element type of one layer's reference cache holding `dtype` values (module docstring)."""
+    """Shape and element type of one layer's XLA-backend cache holding `dtype` values (module docstring)."""
     stored = storage_dtype(dtype, head_dim)
     row = head_dim // values_per_element(stored)
     return jax.ShapeDtypeStruct((num_pages, 2, num_kv_heads, page_size * row), stored)
 
 
-def reference_page_size(stored: jax.ShapeDtypeStruct | jax.Array, head_dim: int) -> int:
-    """Tokens per page of a reference cache of `head_dim` rows (0 if its last dim is not whole rows)."""
+def xla_page_size(stored: jax.ShapeDtypeStruct | jax.Array, head_dim: int) -> int:
+    """Tokens per page of an XLA-backend cache of `head_dim` rows (0 if its last dim is not whole rows)."""
     row = head_dim // values_per_element(stored.dtype)
     return stored.shape[-1] // row if row and stored.shape[-1] % row == 0 else 0
 
@@ -81,7 +81,7 @@ def page_kv(pages: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
 
     A K word holds dims (2a, 2a + 1) of one position; its halves land next to each other along D.
     """
-    page_size = reference_page_size(pages, head_dim)
+    page_size = xla_page_size(pages, head_dim)
     row = pages.shape[-1] // page_size
     lead = pages.shape[:-3]
     k_words = pages[..., 0, :, :].reshape(*lead, -1, row, page_size)
@@ -105,8 +105,8 @@ def row_offsets(slots: jax.Array, num_kv_heads: int, row: int, page_size: int) -
     return jnp.stack([k, v], axis=1).astype(jnp.int32)
 
 
-def to_reference_cache(values: jax.Array, head_dim: int, storage: jnp.dtype) -> jax.Array:
-    """`[N, page_size, 2 * Hkv, >= D]` values in the Pallas layout (`kv_cache_shape`) -> a reference cache.
+def to_xla_cache(values: jax.Array, head_dim: int, storage: jnp.dtype) -> jax.Array:
+    """`[N, page_size, 2 * Hkv, >= D]` values in the Pallas layout (`kv_cache_shape`) -> an XLA-backend cache.
 
     Packed first and rearranged as integers: XLA:CPU may copy 16-bit floats through float32, which would
     quiet signalling NaNs.
@@ -118,10 +118,10 @@ def to_reference_cache(values: jax.Array, head_dim: int, storage: jnp.dtype) -> 
     return jnp.stack([k.reshape(*k.shape[:2], -1), v.reshape(*v.shape[:2], -1)], axis=1)
 
 
-def from_reference_cache(stored: jax.Array, head_dim: int) -> jax.Array:
-    """Inverse of `to_reference_cache`: the values in the Pallas layout `[N, page_size, 2 * Hkv, D]`."""
+def from_xla_cache(stored: jax.Array, head_dim: int) -> jax.Array:
+    """Inverse of `to_xla_cache`: the values in the Pallas layout `[N, page_size, 2 * Hkv, D]`."""
     num_pages, _, num_kv_heads, _ = stored.shape
-    page_size = reference_page_size(stored, head_dim)
+    page_size = xla_page_size(stored, head_dim)
     k = stored[:, 0].reshape(num_pages, num_kv_heads, -1, page_size)
     v = stored[:, 1].reshape(num_pages, num_kv_heads, page_size, -1)
     rows = jnp.stack([jnp.swapaxes(k, -1, -2), v], axis=3)  # [N, Hkv, page_size, 2, E]

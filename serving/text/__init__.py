@@ -1,0 +1,1 @@
+"""Token ids to text: incremental detokenization for streams, and stop-string matching."""
