@@ -37,7 +37,8 @@ class LLM:
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, use_tqdm: bool = True) -> LLM:
-        return cls(**dataclasses.asdict(args), use_tqdm=use_tqdm)
+        fields = {field.name: getattr(args, field.name) for field in dataclasses.fields(args)}
+        return cls(**fields, use_tqdm=use_tqdm)
 
     @property
     def loaded(self) -> LoadedModel:

@@ -161,6 +161,7 @@ class ModelRunner:
         for request in (*schedule.finished, *schedule.preempted):
             self._release_slot(request)
         if not schedule.chunks:
+            self._last_rows = {}
             return None
         for chunk in schedule.chunks:
             if chunk.request not in self._slots:
