@@ -32,8 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check model kernels serving tests scripts
 	$(BIN)/lint-imports
 
+# The suite runs on the CPU; libtpu (test extra) serves only compile-only TPU devices, never the default backend.
 test: lint
-	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+	JAX_PLATFORMS=$${JAX_PLATFORMS-cpu} $(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 # The newest releases that pyproject.toml's ranges allow, then the whole suite against them.
 lock-upgrade: $(UV)

@@ -13,7 +13,13 @@ One jitted call does two `pallas_call`s:
    double-buffered VMEM scratch: the next block's DMA is started before the current block is computed.
    Online softmax state lives in VMEM scratch; the `Hq/Hkv` query heads sharing a KV head form one
    `[q_block * group, D]` matmul operand (GQA without repeating K/V). Grid steps are independent, so the
-   axis is "parallel" (megacore splits it).
+   axis is "parallel" (megacore splits it). VMEM slots past a sequence's end are zeroed in the buffer (the
+   last page's tail after its DMA lands, pages past the sequence instead of fetching them) rather than
+   masking V per head: probability 0 times stale NaN is still NaN, and a per-head `where` over the V block
+   cost Mosaic a spilled copy of it per KV head (8 MiB of scoped VMEM for Llama-3-8B at 512-token blocks).
+
+Tiles and the scoped-VMEM limit follow the generation being compiled for (`block_sizes`), read from the
+default device at trace time, which is a compile-only device when checking TPU compiles on a CPU host.
 
 Every DMA source/destination is a plain `.at[...]` slice of a ref (never a reshaped ref), so the kernels
 also run on CPU under TPU interpret mode (`interpret=True`), which is how the tests exercise them.
@@ -34,15 +40,32 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from tpuserve.kernels.ragged_paged_attention.block_sizes import BlockSizes, choose_block_sizes
-from tpuserve.kernels.ragged_paged_attention.layout import cache_slots, interleave_kv, token_positions
+from tpuserve.kernels.ragged_paged_attention.block_sizes import BlockSizes, chip_vmem, plan_tiles
+from tpuserve.kernels.ragged_paged_attention.layout import (
+    KernelInputError,
+    cache_slots,
+    interleave_kv,
+    token_positions,
+)
 
 # Finite stand-in for -inf: masked scores stay finite, so exp() never sees inf - inf.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+# SMEM per TensorCore on every generation from v4 to v7x (`pltpu.get_tpu_info().smem_capacity_bytes`), less
+# what Mosaic keeps for itself (a few KiB in libtpu 0.0.42's SMEM out-of-memory reports).
+SMEM_BYTES = (1 << 20) - (16 << 10)
 
 
 def _interpret_params(interpret: bool) -> pltpu.InterpretParams | bool:
     return pltpu.InterpretParams() if interpret else False
+
+
+def target_chip() -> str | None:
+    """The TPU generation being compiled for (the default device's, a compile-only one in AOT checks), None
+    off TPU: Mosaic lowers for that generation, so tiles and the VMEM limit must follow it."""
+    try:
+        return str(pltpu.get_tpu_info().chip_version)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,7 +193,7 @@ def _attention_kernel(
         return first_kv // kv_block, jnp.where(tok_hi > tok_lo, last_kv // kv_block, -1)
 
     def page_copies(s, blk, slot):
-        """(predicate, DMA) per page of KV block `blk` of sequence s; pages past the sequence are skipped."""
+        """(fetched?, DMA, i) per page i of KV block `blk` of sequence s: pages past the sequence are not."""
         num_pages = pl.cdiv(kv_lens_ref[s], page_size)
         copies = []
         for i in range(pages_per_block):
@@ -179,33 +202,46 @@ def _attention_kernel(
             copy = pltpu.make_async_copy(
                 cache_hbm.at[page_table_ref[table_index]], kv_buf.at[slot, i], sems.at[slot]
             )
-            copies.append((page < num_pages, copy))
+            copies.append((page < num_pages, copy, i))
         return copies
 
+    def zero_page(slot, i):
+        kv_buf[slot, i] = jnp.zeros(kv_buf.shape[2:], kv_buf.dtype)
+
     def start_fetch(s, blk, slot):
-        for pred, copy in page_copies(s, blk, slot):
-            pl.when(pred)(copy.start)
+        for fetched, copy, i in page_copies(s, blk, slot):
+            pl.when(fetched)(copy.start)
+            pl.when(~fetched)(functools.partial(zero_page, slot, i))
 
     def wait_fetch(s, blk, slot):
-        for pred, copy in page_copies(s, blk, slot):
-            pl.when(pred)(copy.wait)
+        for fetched, copy, _ in page_copies(s, blk, slot):
+            pl.when(fetched)(copy.wait)
+
+    def zero_tail(s, blk, slot):
+        """Zero the slots past kv_len in the sequence's last page, if this block holds it."""
+        kv_len = kv_lens_ref[s]
+        last_page = (kv_len - 1) // page_size
+        i = last_page - blk * pages_per_block
+        filled = kv_len - last_page * page_size  # 1..page_size slots in use
+
+        @pl.when((i >= 0) & (i < pages_per_block) & (filled < page_size))
+        def _():
+            slot_ids = lax.broadcasted_iota(jnp.int32, kv_buf.shape[2:], 0)
+            kv_buf[slot, i] = jnp.where(slot_ids < filled, kv_buf[slot, i], 0).astype(kv_buf.dtype)
 
     def compute(s, blk, slot):
-        q_start, q_end, first_pos, kv_len = seq_span(s)
+        q_start, q_end, first_pos, _ = seq_span(s)
         row_token = block_start + lax.broadcasted_iota(jnp.int32, (rows, kv_block), 0) // group
         kv_pos = blk * kv_block + lax.broadcasted_iota(jnp.int32, (rows, kv_block), 1)
         q_pos = first_pos + (row_token - q_start)
         mask = (row_token >= q_start) & (row_token < q_end) & (kv_pos <= q_pos)
         if sliding_window is not None:
             mask &= q_pos - kv_pos < sliding_window
-        # Slots past kv_len hold stale or uninitialised VMEM (maybe NaN). Their scores are replaced by the
-        # mask, but V must be zeroed: probability 0 times NaN is still NaN in the PV matmul.
-        v_valid = (blk * kv_block + lax.broadcasted_iota(jnp.int32, (kv_block, 1), 0)) < kv_len
         for h in range(num_kv_heads):
             _fold_kv_block(
                 q_ref[:, h * group : (h + 1) * group, :].reshape(rows, head_dim),
                 kv_buf[slot, :, :, 2 * h, :].reshape(kv_block, head_dim),
-                jnp.where(v_valid, kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim), 0),
+                kv_buf[slot, :, :, 2 * h + 1, :].reshape(kv_block, head_dim),
                 mask,
                 m_ref.at[h],
                 l_ref.at[h],
@@ -233,6 +269,7 @@ def _attention_kernel(
         @pl.when(is_real(s, blk))
         def _():
             wait_fetch(s, blk, slot)
+            zero_tail(s, blk, slot)
             compute(s, blk, slot)
 
         return nxt_s, nxt_blk, 1 - slot
@@ -263,6 +300,7 @@ def _attention(
     num_seqs: jax.Array,
     *,
     sizes: BlockSizes,
+    vmem_limit_bytes: int,
     sm_scale: float,
     sliding_window: int | None,
     soft_cap: float | None,
@@ -279,6 +317,8 @@ def _attention(
     seq_hi = jnp.searchsorted(cu_q_lens[1:], block_last, side="right").astype(jnp.int32)
     seq_hi = jnp.where(block_starts < total_tokens, jnp.minimum(seq_hi, num_seqs - 1), -1)
 
+    scalars = (kv_lens, page_indices.reshape(-1), cu_q_lens, seq_lo, seq_hi)
+    _check_smem(scalars)
     rows = sizes.q_block * (num_q_heads // num_kv_heads)
     kv_buffers = (2, sizes.kv_pages_per_block, page_size, combined_heads, head_dim)
     q_spec = pl.BlockSpec((sizes.q_block, num_q_heads, head_dim), lambda i, *_: (i, 0, 0))
@@ -305,10 +345,25 @@ def _attention(
             ],
         ),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel",), vmem_limit_bytes=vmem_limit_bytes
+        ),
         interpret=_interpret_params(interpret),
         name="rpa_attention",
-    )(kv_lens, page_indices.reshape(-1), cu_q_lens, seq_lo, seq_hi, q, kv_cache)
+    )(*scalars, q, kv_cache)
+
+
+def _check_smem(scalars: tuple[jax.Array, ...]) -> None:
+    """Scalar-prefetch operands sit whole in SMEM, the page table `[S, pages_per_seq]` above all: refuse here,
+    with the knobs to turn, what Mosaic would refuse as an SMEM out-of-memory error."""
+    needed = sum(x.size * x.dtype.itemsize for x in scalars)
+    if needed > SMEM_BYTES:
+        num_seqs, table = scalars[0].size, scalars[1].size
+        raise KernelInputError(
+            f"the TPU kernel keeps its page table int32[{num_seqs}, {table // num_seqs}] and lengths in "
+            f"SMEM: {needed} bytes, more than the {SMEM_BYTES} available; lower max_num_seqs or "
+            "max_model_len (pages_per_seq = max_model_len / page_size), or raise page_size"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,7 +379,9 @@ def _pad_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("sm_scale", "sliding_window", "soft_cap", "interpret", "block_sizes"),
+    static_argnames=(
+        "sm_scale", "sliding_window", "soft_cap", "interpret", "block_sizes", "vmem_limit_bytes"
+    ),
     donate_argnames=("kv_cache",),
 )
 def ragged_paged_attention(
@@ -342,12 +399,15 @@ def ragged_paged_attention(
     soft_cap: float | None = None,
     interpret: bool = False,
     block_sizes: BlockSizes | None = None,
+    vmem_limit_bytes: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Write the new K/V into `kv_cache` (donated), then attend; returns `(out [T, Hq, D], kv_cache)`.
 
     `kv_cache` is `[num_pages, page_size, 2*Hkv, D_padded]` (K/V interleaved per head, D padded to 128 lanes);
-    q/k/v are zero-padded to `D_padded` here and the output is sliced back. `block_sizes` overrides the
-    VMEM-derived tiles (tests use tiny ones to exercise multi-block paths).
+    q/k/v are zero-padded to `D_padded` here and the output is sliced back. Tiles and the attention kernel's
+    scoped-VMEM limit follow the target generation's VMEM (`block_sizes.CHIP_VMEM`); `block_sizes` overrides
+    the tiles (tests use tiny ones to exercise multi-block paths, or another generation's choice) and
+    `vmem_limit_bytes` the limit (the compile check sets it to the estimate, to show the estimate holds).
     """
     num_tokens, num_q_heads, head_dim = q.shape
     num_pages, page_size, combined_heads, padded_dim = kv_cache.shape
@@ -361,15 +421,12 @@ def ragged_paged_attention(
     new_kv = interleave_kv(k, v, padded_dim).astype(kv_cache.dtype)
     kv_cache = _write_new_kv(new_kv, kv_cache, slots, interpret)
 
-    sizes = block_sizes or choose_block_sizes(
-        num_tokens=num_tokens,
-        num_q_heads=num_q_heads,
-        num_kv_heads=combined_heads // 2,
-        head_dim=padded_dim,
-        page_size=page_size,
-        pages_per_seq=page_indices.shape[1],
-        dtype=kv_cache.dtype,
+    plan = plan_tiles(
+        num_tokens=num_tokens, num_q_heads=num_q_heads, num_kv_heads=combined_heads // 2, head_dim=padded_dim,
+        page_size=page_size, pages_per_seq=page_indices.shape[1], q_itemsize=q.dtype.itemsize,
+        kv_itemsize=kv_cache.dtype.itemsize, chip=chip_vmem(target_chip()), sizes=block_sizes,
     )
+    sizes = plan.sizes
     padded_tokens = -(-num_tokens // sizes.q_block) * sizes.q_block
     q_padded = _pad_axis(_pad_axis(q, 2, padded_dim), 0, padded_tokens)
     out = _attention(
@@ -381,6 +438,7 @@ def ragged_paged_attention(
         cu_q_lens[n],
         jnp.asarray(n, jnp.int32),
         sizes=sizes,
+        vmem_limit_bytes=vmem_limit_bytes or plan.vmem_limit,
         sm_scale=sm_scale,
         sliding_window=sliding_window,
         soft_cap=soft_cap,
